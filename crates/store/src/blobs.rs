@@ -1,0 +1,262 @@
+//! Chunks and assembled files in S3.
+//!
+//! Layout, all content addressed by BLAKE3 (lowercase hex):
+//! - `chunks/<hash>`: one content-defined chunk, stored once for all tenants;
+//! - `files/<hash>`: a whole artifact file, byte-identical to what the agent
+//!   packed, so a phone can fetch it with one presigned GET (S3-4).
+//!
+//! Requests avoid aws-chunked uploads and checksum trailers (checksums only
+//! when the API requires them) and use path-style addressing by default, so
+//! the same code works against AWS S3, MinIO, Garage and Ceph.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use ferry_release::{FileEntry, Hash};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::error::StoreError;
+
+/// Part size of multipart uploads when assembling large files (S3 wants at
+/// least 5 MiB for all parts but the last).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Chunks fetched ahead while assembling a file.
+const ASSEMBLY_PREFETCH: usize = 16;
+
+/// How to reach S3 when not relying on the SDK's environment.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub force_path_style: bool,
+}
+
+pub fn chunk_key(hash: &Hash) -> String {
+    format!("chunks/{}", hash.to_hex())
+}
+
+pub fn file_key(hash: &Hash) -> String {
+    format!("files/{}", hash.to_hex())
+}
+
+/// Handle on the bucket. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    client: Client,
+    bucket: String,
+}
+
+impl Blobs {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        Self { client, bucket: bucket.into() }
+    }
+
+    /// A client from the AWS SDK's standard environment (`AWS_ENDPOINT_URL_S3`,
+    /// `AWS_REGION`, the credentials chain, ...).
+    pub async fn client_from_env(force_path_style: bool) -> Client {
+        let shared = aws_config::load_from_env().await;
+        Client::from_conf(portable(aws_sdk_s3::config::Builder::from(&shared), force_path_style).build())
+    }
+
+    /// A client from explicit settings (tests, tools).
+    pub fn client_from_settings(s: &S3Settings) -> Client {
+        let creds = Credentials::new(&s.access_key_id, &s.secret_access_key, None, None, "ferry-settings");
+        let mut builder = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()))
+            .credentials_provider(creds);
+        if let Some(endpoint) = &s.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Client::from_conf(portable(builder, s.force_path_style).build())
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Checks the bucket is reachable with these credentials.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(|e| s3_error("head bucket", e))?;
+        Ok(())
+    }
+
+    pub async fn put_chunk(&self, hash: &Hash, data: Bytes) -> Result<(), StoreError> {
+        self.put(chunk_key(hash), data).await
+    }
+
+    pub async fn get_chunk(&self, hash: &Hash) -> Result<Bytes, StoreError> {
+        let key = chunk_key(hash);
+        let out =
+            self.client.get_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| s3_error("get chunk", e))?;
+        let data = out.body.collect().await.map_err(|e| StoreError::Unavailable { what: "s3", source: Box::new(e) })?;
+        let data = data.into_bytes();
+        if blake3::hash(&data) != *hash {
+            return Err(StoreError::Integrity(format!("stored chunk {key} does not match its hash")));
+        }
+        Ok(data)
+    }
+
+    /// Rebuilds `file` from its chunks as `files/<hash>` (S3-4), streaming:
+    /// at most a part and the prefetched chunks are in memory. The object
+    /// appears only if the bytes hash to `file.hash`; otherwise nothing is
+    /// left behind.
+    pub async fn assemble_file(&self, file: &FileEntry) -> Result<(), StoreError> {
+        let key = file_key(&file.hash);
+        let hashes: Vec<Hash> = file.chunks.iter().map(|c| c.hash).collect();
+        let mut chunks = futures::stream::iter(hashes)
+            .map(|hash| {
+                let this = self.clone();
+                async move { this.get_chunk(&hash).await }
+            })
+            .buffered(ASSEMBLY_PREFETCH);
+        if file.size <= PART_SIZE as u64 {
+            let mut body = BytesMut::with_capacity(file.size as usize);
+            while let Some(chunk) = chunks.try_next().await? {
+                body.extend_from_slice(&chunk);
+            }
+            verify(file, blake3::hash(&body))?;
+            return self.put(key, body.freeze()).await;
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_error("create multipart upload", e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let result = async {
+            let mut hasher = blake3::Hasher::new();
+            let mut parts = Vec::new();
+            let mut part = BytesMut::with_capacity(PART_SIZE + ferry_release::CHUNK_MAX);
+            loop {
+                let next = chunks.try_next().await?;
+                if let Some(chunk) = &next {
+                    hasher.update(chunk);
+                    part.extend_from_slice(chunk);
+                }
+                if part.len() >= PART_SIZE || (next.is_none() && !part.is_empty()) {
+                    let number = parts.len() as i32 + 1;
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .body(ByteStream::from(part.split().freeze()))
+                        .send()
+                        .await
+                        .map_err(|e| s3_error("upload part", e))?;
+                    parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build());
+                }
+                if next.is_none() {
+                    break;
+                }
+            }
+            verify(file, hasher.finalize())?;
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| s3_error("complete multipart upload", e))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let abort =
+                self.client.abort_multipart_upload().bucket(&self.bucket).key(&key).upload_id(&upload_id).send().await;
+            if let Err(e) = abort {
+                tracing::warn!(key = %key, error = %e, "aborting multipart upload failed; a bucket lifecycle rule cleans it up");
+            }
+        }
+        result
+    }
+
+    /// Reads a whole assembled file (tools and tests; clients use presigned
+    /// URLs).
+    pub async fn get_file(&self, hash: &Hash) -> Result<Bytes, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(file_key(hash))
+            .send()
+            .await
+            .map_err(|e| s3_error("get file", e))?;
+        let data = out.body.collect().await.map_err(|e| StoreError::Unavailable { what: "s3", source: Box::new(e) })?;
+        Ok(data.into_bytes())
+    }
+
+    async fn put(&self, key: String, data: Bytes) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| s3_error("put object", e))?;
+        Ok(())
+    }
+}
+
+/// Settings that keep the SDK to what every S3-compatible store speaks.
+fn portable(builder: aws_sdk_s3::config::Builder, force_path_style: bool) -> aws_sdk_s3::config::Builder {
+    builder
+        .force_path_style(force_path_style)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+}
+
+fn verify(file: &FileEntry, actual: Hash) -> Result<(), StoreError> {
+    if actual != file.hash {
+        return Err(StoreError::Integrity(format!(
+            "assembled {} hashes to {actual}, manifest says {}",
+            file.path, file.hash
+        )));
+    }
+    Ok(())
+}
+
+/// Classifies an SDK error: no answer or a 5xx is "unavailable, retry";
+/// 404 is "not found"; the rest is a backend failure.
+fn s3_error<E>(what: &'static str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            StoreError::Unavailable { what: "s3", source: Box::new(err) }
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("").to_owned();
+            if status >= 500 {
+                StoreError::Unavailable { what: "s3", source: Box::new(err) }
+            } else if status == 404 || code == "NoSuchKey" {
+                StoreError::NotFound(format!("{what}: object not found"))
+            } else {
+                StoreError::Backend { what, source: format!("s3 answered {status} {code}").into() }
+            }
+        }
+        _ => StoreError::Backend { what, source: Box::new(err) },
+    }
+}

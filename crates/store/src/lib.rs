@@ -1,0 +1,15 @@
+//! Where releases live (S0-2, S3-3): metadata in PostgreSQL ([`Meta`]),
+//! chunks and assembled files in S3 ([`Blobs`]).
+//!
+//! This crate knows storage layouts and queries; it does not know gRPC, HTTP,
+//! or who is allowed to do what (services decide that).
+
+mod blobs;
+mod error;
+mod keys;
+mod meta;
+
+pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
+pub use error::StoreError;
+pub use keys::{ApiKey, KeyRole, TokenError};
+pub use meta::{Authenticated, CommitOutcome, DeployOutcome, Meta, connect};

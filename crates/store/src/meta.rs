@@ -1,0 +1,350 @@
+//! Release metadata in PostgreSQL.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use ferry_release::{Hash, ManifestId, Name};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::error::StoreError;
+use crate::keys::{ApiKey, KeyRole};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Opens a pool for `database_url` (a libpq-style URL or key=value string).
+/// Connections are made lazily; a database that is down shows up as
+/// [`StoreError::Unavailable`] on first use.
+pub fn connect(database_url: &str, max_connections: usize) -> Result<Meta, StoreError> {
+    let config = tokio_postgres::Config::from_str(database_url).map_err(|e| StoreError::Backend {
+        what: "parsing DATABASE_URL",
+        source: Box::new(e),
+    })?;
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool = Pool::builder(manager)
+        .max_size(max_connections)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::Backend { what: "building the postgresql pool", source: Box::new(e) })?;
+    Ok(Meta { pool })
+}
+
+/// Handle on the metadata database. Cheap to clone.
+#[derive(Clone)]
+pub struct Meta {
+    pool: Pool,
+}
+
+/// Who a valid key belongs to.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub key_id: String,
+    pub tenant_id: i64,
+    pub tenant: Name,
+    pub role: KeyRole,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// False when the same release already existed.
+    pub created: bool,
+    pub deployed: bool,
+}
+
+/// What a deploy replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployOutcome {
+    pub previous: Option<String>,
+}
+
+impl Meta {
+    /// Brings the schema up to date. Safe to run from several processes at
+    /// once: refinery takes a lock and skips applied migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        embedded::migrations::runner()
+            .run_async(&mut **client)
+            .await
+            .map_err(|e| StoreError::Backend { what: "running migrations", source: Box::new(e) })?;
+        Ok(())
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub async fn create_tenant(&self, tenant: &Name) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute("INSERT INTO tenants (name) VALUES ($1)", &[&tenant.as_str()])
+            .await
+            .map_err(|e| unique_violation(e, || format!("tenant {tenant} already exists")))?;
+        Ok(())
+    }
+
+    pub async fn create_app(&self, tenant: &Name, app: &Name) -> Result<(), StoreError> {
+        let tenant_id = self.tenant_id(tenant).await?;
+        let client = self.pool.get().await?;
+        client
+            .execute("INSERT INTO apps (tenant_id, name) VALUES ($1, $2)", &[&tenant_id, &app.as_str()])
+            .await
+            .map_err(|e| unique_violation(e, || format!("app {tenant}/{app} already exists")))?;
+        Ok(())
+    }
+
+    pub async fn tenant_id(&self, tenant: &Name) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt("SELECT id FROM tenants WHERE name = $1", &[&tenant.as_str()]).await?;
+        row.map(|r| r.get(0)).ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))
+    }
+
+    /// The app's id, if the tenant has such an app.
+    pub async fn app_id(&self, tenant_id: i64, app: &Name) -> Result<Option<i64>, StoreError> {
+        let client = self.pool.get().await?;
+        let row =
+            client.query_opt("SELECT id FROM apps WHERE tenant_id = $1 AND name = $2", &[&tenant_id, &app.as_str()]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Creates a key and returns it; the secret is not stored.
+    pub async fn issue_key(&self, tenant: &Name, role: KeyRole) -> Result<ApiKey, StoreError> {
+        let tenant_id = self.tenant_id(tenant).await?;
+        let key = ApiKey::generate(role);
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO api_keys (id, tenant_id, role, secret_hash) VALUES ($1, $2, $3, $4)",
+                &[&key.id, &tenant_id, &role.as_str(), &key.secret_hash().as_slice()],
+            )
+            .await?;
+        Ok(key)
+    }
+
+    /// Revokes a key by id; revoking twice is not an error.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1", &[&key_id])
+            .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("api key {key_id} does not exist")));
+        }
+        Ok(())
+    }
+
+    /// Looks a key up; `None` when it is unknown, revoked or its secret is
+    /// wrong (callers cannot tell which, on purpose).
+    pub async fn authenticate(&self, key: &ApiKey) -> Result<Option<Authenticated>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT k.tenant_id, t.name, k.role, k.secret_hash FROM api_keys k \
+                 JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1 AND k.revoked_at IS NULL",
+                &[&key.id],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stored: &[u8] = row.get(3);
+        let role = KeyRole::parse(row.get(2));
+        if !key.matches(stored) || role != Some(key.role) {
+            return Ok(None);
+        }
+        let tenant = Name::parse("tenant", row.get(1))
+            .map_err(|e| StoreError::Integrity(format!("stored tenant name: {e}")))?;
+        Ok(Some(Authenticated { key_id: key.id.clone(), tenant_id: row.get(0), tenant, role: key.role }))
+    }
+
+    /// The manifest id of a published version, if there is one.
+    pub async fn release_manifest(&self, app_id: i64, version: &str) -> Result<Option<ManifestId>, StoreError> {
+        let client = self.pool.get().await?;
+        let row =
+            client.query_opt("SELECT manifest_id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version]).await?;
+        row.map(|r| {
+            let id: &[u8] = r.get(0);
+            ManifestId::from_slice(id).ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))
+        })
+        .transpose()
+    }
+
+    pub async fn save_manifest(&self, tenant_id: i64, id: ManifestId, body: &[u8]) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO manifests (tenant_id, id, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&tenant_id, &id.0.as_slice(), &body],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn load_manifest(&self, tenant_id: i64, id: ManifestId) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.pool.get().await?;
+        let row =
+            client.query_opt("SELECT body FROM manifests WHERE tenant_id = $1 AND id = $2", &[&tenant_id, &id.0.as_slice()]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Which of `hashes` this tenant already holds.
+    pub async fn tenant_chunks(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
+        let client = self.pool.get().await?;
+        let mut held = HashSet::new();
+        // Batches keep each statement's parameter small on huge manifests.
+        for batch in hashes.chunks(10_000) {
+            let keys: Vec<&[u8]> = batch.iter().map(|h| h.as_bytes().as_slice()).collect();
+            let rows = client
+                .query("SELECT hash FROM tenant_chunks WHERE tenant_id = $1 AND hash = ANY($2)", &[&tenant_id, &keys])
+                .await?;
+            held.extend(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes));
+        }
+        Ok(held)
+    }
+
+    /// Whether the chunk's bytes are in S3 already (for any tenant).
+    pub async fn chunk_stored(&self, hash: &Hash) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt("SELECT 1 FROM chunks WHERE hash = $1", &[&hash.as_bytes().as_slice()]).await?;
+        Ok(row.is_some())
+    }
+
+    /// Records that a chunk is in S3 and that the tenant holds it. Returns
+    /// whether the tenant did not hold it before.
+    pub async fn record_chunk(&self, tenant_id: i64, hash: &Hash, size: u32) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let key = hash.as_bytes().as_slice();
+        tx.execute("INSERT INTO chunks (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&key, &(size as i32)])
+            .await?;
+        let n = tx
+            .execute("INSERT INTO tenant_chunks (tenant_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&tenant_id, &key])
+            .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Which of `hashes` are assembled in S3 as whole files.
+    pub async fn files_stored(&self, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
+        let client = self.pool.get().await?;
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
+        let rows = client.query("SELECT hash FROM files WHERE hash = ANY($1)", &[&keys]).await?;
+        Ok(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes).collect())
+    }
+
+    /// Records that a whole file is assembled in S3.
+    pub async fn record_file(&self, hash: &Hash, size: u64) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let size = i64::try_from(size).map_err(|_| StoreError::Integrity("file size overflows".into()))?;
+        client
+            .execute("INSERT INTO files (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash.as_bytes().as_slice(), &size])
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a release (and deploys it if asked), atomically. Publishing
+    /// the same manifest under the same version again is a no-op; a
+    /// different manifest is a [`StoreError::Conflict`].
+    pub async fn commit_release(
+        &self,
+        tenant_id: i64,
+        app_id: i64,
+        version: &str,
+        manifest: ManifestId,
+        deploy: bool,
+    ) -> Result<CommitOutcome, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO releases (tenant_id, app_id, version, manifest_id) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (app_id, version) DO NOTHING RETURNING id",
+                &[&tenant_id, &app_id, &version, &manifest.0.as_slice()],
+            )
+            .await?;
+        let created = inserted.is_some();
+        let release_id: i64 = match inserted {
+            Some(row) => row.get(0),
+            None => {
+                let row = tx
+                    .query_one("SELECT id, manifest_id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version])
+                    .await?;
+                let existing: &[u8] = row.get(1);
+                if existing != manifest.0.as_slice() {
+                    return Err(version_conflict(version, existing));
+                }
+                row.get(0)
+            }
+        };
+        if deploy {
+            record_deploy(&tx, app_id, release_id).await?;
+        }
+        tx.commit().await?;
+        Ok(CommitOutcome { created, deployed: deploy })
+    }
+
+    /// Records `version` (already published) as deployed.
+    pub async fn deploy(&self, app_id: i64, version: &str) -> Result<DeployOutcome, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx.query_opt("SELECT id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version]).await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("version {version} is not published; publish it before deploying")));
+        };
+        let previous = record_deploy(&tx, app_id, row.get(0)).await?;
+        tx.commit().await?;
+        Ok(DeployOutcome { previous })
+    }
+
+    /// The version deployed now, if any.
+    pub async fn deployed_version(&self, app_id: i64) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT r.version FROM apps a JOIN releases r ON r.id = a.deployed_release_id WHERE a.id = $1",
+                &[&app_id],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+/// Points the app at a release and appends to its deploy history; returns
+/// the version deployed before.
+async fn record_deploy(
+    tx: &deadpool_postgres::Transaction<'_>,
+    app_id: i64,
+    release_id: i64,
+) -> Result<Option<String>, StoreError> {
+    // FOR UPDATE serialises concurrent deploys of one app, so "previous" is
+    // exact and the history order matches the pointer.
+    let previous = tx
+        .query_one(
+            "SELECT r.version FROM apps a LEFT JOIN releases r ON r.id = a.deployed_release_id \
+             WHERE a.id = $1 FOR UPDATE OF a",
+            &[&app_id],
+        )
+        .await?
+        .get::<_, Option<String>>(0);
+    tx.execute("UPDATE apps SET deployed_release_id = $2 WHERE id = $1", &[&app_id, &release_id]).await?;
+    tx.execute("INSERT INTO deployments (app_id, release_id) VALUES ($1, $2)", &[&app_id, &release_id]).await?;
+    Ok(previous)
+}
+
+fn version_conflict(version: &str, existing: &[u8]) -> StoreError {
+    StoreError::Conflict(format!(
+        "version {version} is already published with different content (manifest {}); versions are immutable, \
+         publish a new version instead",
+        hex::encode(existing)
+    ))
+}
+
+fn unique_violation(e: tokio_postgres::Error, message: impl FnOnce() -> String) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { StoreError::Conflict(message()) } else { e.into() }
+}

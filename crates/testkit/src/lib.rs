@@ -1,0 +1,21 @@
+//! Real dependencies for tests and the local stack: a throwaway PostgreSQL
+//! cluster (Debian's binaries), an S3 server that verifies SigV4 and
+//! presigned URLs (s3s + s3s-fs, embedded), and a TCP relay that counts or
+//! cuts traffic. Everything binds port 0 or a private Unix socket; nothing
+//! waits by sleeping.
+
+mod postgres;
+mod relay;
+mod s3;
+
+pub use postgres::{Postgres, fresh_database};
+pub use relay::Relay;
+pub use s3::S3Server;
+
+/// A random lowercase hex string of `bytes * 2` characters, for names of
+/// databases, buckets and directories.
+pub fn random_suffix(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("operating system random source");
+    hex::encode(buf)
+}

@@ -1,0 +1,122 @@
+//! An embedded S3 server: s3s's protocol layer (which verifies SigV4
+//! headers and presigned URLs) over s3s-fs's file system store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::sync::oneshot;
+
+/// A running S3 server on `127.0.0.1:<random port>`, serving on its own
+/// thread and runtime so it keeps answering whatever the caller's runtime
+/// does. Stops when dropped.
+pub struct S3Server {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    _root: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl S3Server {
+    /// Starts a server storing objects under `root`, or in a temporary
+    /// directory removed on drop.
+    pub fn start(root: Option<PathBuf>, bind: SocketAddr) -> anyhow::Result<Self> {
+        let (temp, root) = match root {
+            Some(root) => (None, root),
+            None => {
+                let dir = tempfile::Builder::new().prefix("ferry-s3-").tempdir()?;
+                let path = dir.path().to_owned();
+                (Some(dir), path)
+            }
+        };
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let access_key_id = format!("ferry{}", crate::random_suffix(6));
+        let secret_access_key = crate::random_suffix(20);
+        let fs = s3s_fs::FileSystem::new(&root).map_err(|e| anyhow::anyhow!("s3 store at {}: {e:?}", root.display()))?;
+        let service = {
+            let mut b = S3ServiceBuilder::new(fs);
+            b.set_auth(SimpleAuth::from_single(access_key_id.clone(), secret_access_key.clone()));
+            b.build()
+        };
+        let listener = std::net::TcpListener::bind(bind).with_context(|| format!("binding s3 server to {bind}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("ferry-s3".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("s3 server runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("s3 listener");
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    let socket = tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((socket, _)) => socket,
+                            Err(e) => { tracing::warn!(error = %e, "s3 accept failed"); continue; }
+                        },
+                        _ = &mut stopped => break,
+                    };
+                    let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            });
+        })?;
+        Ok(Self {
+            endpoint: format!("http://{addr}"),
+            region: "us-east-1".into(),
+            access_key_id,
+            secret_access_key,
+            _root: temp,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts a server on a random loopback port with a temporary store.
+    pub fn start_temp() -> anyhow::Result<Self> {
+        Self::start(None, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// An SDK client for this server (path-style, static credentials).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let creds = aws_sdk_s3::config::Credentials::new(&self.access_key_id, &self.secret_access_key, None, None, "testkit");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(self.region.clone()))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Creates a bucket with a random name and returns the name.
+    pub async fn create_bucket(&self) -> anyhow::Result<String> {
+        let name = format!("ferry-{}", crate::random_suffix(6));
+        self.client().create_bucket().bucket(&name).send().await.context("creating a test bucket")?;
+        Ok(name)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! ferry-registry: the public-cloud end of publishing (S0-2, S3-2…S3-4).
+//!
+//! `main.rs` only parses the command line; everything else is here so tests
+//! drive the real server in-process on a port-0 listener.
+
+pub mod admin;
+pub mod config;
+mod error;
+mod server;
+mod service;
+
+pub use server::{Tls, serve};
+pub use service::Registry;
