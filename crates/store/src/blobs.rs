@@ -10,8 +10,8 @@
 //! the same code works against AWS S3, MinIO, Garage and Ceph.
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -97,8 +97,14 @@ impl Blobs {
 
     pub async fn get_chunk(&self, hash: &Hash) -> Result<Bytes, StoreError> {
         let key = chunk_key(hash);
-        let out =
-            self.client.get_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| s3_error("get chunk", e))?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_error("get chunk", e))?;
         let data = out.body.collect().await.map_err(|e| StoreError::Unavailable { what: "s3", source: Box::new(e) })?;
         let data = data.into_bytes();
         if blake3::hash(&data) != *hash {

@@ -118,7 +118,9 @@ mod tests {
     #[test]
     fn malformed_tokens_are_refused() {
         let good = ApiKey::generate(KeyRole::Client).token();
-        for bad in ["", "Bearer x", "ferry_admin_0123456789ab_00", &good.replace("ferry_", "fery_"), &good[..good.len() - 1]] {
+        for bad in
+            ["", "Bearer x", "ferry_admin_0123456789ab_00", &good.replace("ferry_", "fery_"), &good[..good.len() - 1]]
+        {
             assert!(ApiKey::parse(bad).is_err(), "{bad}");
         }
     }

@@ -20,10 +20,8 @@ mod embedded {
 /// Connections are made lazily; a database that is down shows up as
 /// [`StoreError::Unavailable`] on first use.
 pub fn connect(database_url: &str, max_connections: usize) -> Result<Meta, StoreError> {
-    let config = tokio_postgres::Config::from_str(database_url).map_err(|e| StoreError::Backend {
-        what: "parsing DATABASE_URL",
-        source: Box::new(e),
-    })?;
+    let config = tokio_postgres::Config::from_str(database_url)
+        .map_err(|e| StoreError::Backend { what: "parsing DATABASE_URL", source: Box::new(e) })?;
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager)
         .max_size(max_connections)
@@ -110,8 +108,9 @@ impl Meta {
     /// The app's id, if the tenant has such an app.
     pub async fn app_id(&self, tenant_id: i64, app: &Name) -> Result<Option<i64>, StoreError> {
         let client = self.pool.get().await?;
-        let row =
-            client.query_opt("SELECT id FROM apps WHERE tenant_id = $1 AND name = $2", &[&tenant_id, &app.as_str()]).await?;
+        let row = client
+            .query_opt("SELECT id FROM apps WHERE tenant_id = $1 AND name = $2", &[&tenant_id, &app.as_str()])
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -158,16 +157,17 @@ impl Meta {
         if !key.matches(stored) || role != Some(key.role) {
             return Ok(None);
         }
-        let tenant = Name::parse("tenant", row.get(1))
-            .map_err(|e| StoreError::Integrity(format!("stored tenant name: {e}")))?;
+        let tenant =
+            Name::parse("tenant", row.get(1)).map_err(|e| StoreError::Integrity(format!("stored tenant name: {e}")))?;
         Ok(Some(Authenticated { key_id: key.id.clone(), tenant_id: row.get(0), tenant, role: key.role }))
     }
 
     /// The manifest id of a published version, if there is one.
     pub async fn release_manifest(&self, app_id: i64, version: &str) -> Result<Option<ManifestId>, StoreError> {
         let client = self.pool.get().await?;
-        let row =
-            client.query_opt("SELECT manifest_id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version]).await?;
+        let row = client
+            .query_opt("SELECT manifest_id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version])
+            .await?;
         row.map(|r| {
             let id: &[u8] = r.get(0);
             ManifestId::from_slice(id).ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))
@@ -188,8 +188,9 @@ impl Meta {
 
     pub async fn load_manifest(&self, tenant_id: i64, id: ManifestId) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.pool.get().await?;
-        let row =
-            client.query_opt("SELECT body FROM manifests WHERE tenant_id = $1 AND id = $2", &[&tenant_id, &id.0.as_slice()]).await?;
+        let row = client
+            .query_opt("SELECT body FROM manifests WHERE tenant_id = $1 AND id = $2", &[&tenant_id, &id.0.as_slice()])
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -203,7 +204,9 @@ impl Meta {
             let rows = client
                 .query("SELECT hash FROM tenant_chunks WHERE tenant_id = $1 AND hash = ANY($2)", &[&tenant_id, &keys])
                 .await?;
-            held.extend(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes));
+            held.extend(
+                rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes),
+            );
         }
         Ok(held)
     }
@@ -224,7 +227,10 @@ impl Meta {
         tx.execute("INSERT INTO chunks (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&key, &(size as i32)])
             .await?;
         let n = tx
-            .execute("INSERT INTO tenant_chunks (tenant_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&tenant_id, &key])
+            .execute(
+                "INSERT INTO tenant_chunks (tenant_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&tenant_id, &key],
+            )
             .await?;
         tx.commit().await?;
         Ok(n == 1)
@@ -243,7 +249,10 @@ impl Meta {
         let client = self.pool.get().await?;
         let size = i64::try_from(size).map_err(|_| StoreError::Integrity("file size overflows".into()))?;
         client
-            .execute("INSERT INTO files (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash.as_bytes().as_slice(), &size])
+            .execute(
+                "INSERT INTO files (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&hash.as_bytes().as_slice(), &size],
+            )
             .await?;
         Ok(())
     }
@@ -273,7 +282,10 @@ impl Meta {
             Some(row) => row.get(0),
             None => {
                 let row = tx
-                    .query_one("SELECT id, manifest_id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version])
+                    .query_one(
+                        "SELECT id, manifest_id FROM releases WHERE app_id = $1 AND version = $2",
+                        &[&app_id, &version],
+                    )
                     .await?;
                 let existing: &[u8] = row.get(1);
                 if existing != manifest.0.as_slice() {
@@ -293,9 +305,12 @@ impl Meta {
     pub async fn deploy(&self, app_id: i64, version: &str) -> Result<DeployOutcome, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let row = tx.query_opt("SELECT id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version]).await?;
+        let row =
+            tx.query_opt("SELECT id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version]).await?;
         let Some(row) = row else {
-            return Err(StoreError::NotFound(format!("version {version} is not published; publish it before deploying")));
+            return Err(StoreError::NotFound(format!(
+                "version {version} is not published; publish it before deploying"
+            )));
         };
         let previous = record_deploy(&tx, app_id, row.get(0)).await?;
         tx.commit().await?;

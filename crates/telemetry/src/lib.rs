@@ -2,8 +2,8 @@
 //! tracing_setup).
 //!
 //! Logs go to stderr: human-readable by default, JSON lines with
-//! `FERRY_LOG_FORMAT=json`; the level comes from `RUST_LOG` (default
-//! `info`). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also
+//! `FERRY_LOG_FORMAT=json`; the level comes from `RUST_LOG` (default: what
+//! the service passes, `info` for servers, `warn` for command-line tools). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also
 //! exported over OTLP/gRPC with the resource attributes `service.name` and
 //! `service.instance.id`; the exporter reads the other standard `OTEL_*`
 //! variables itself.
@@ -31,8 +31,8 @@ impl Drop for Guard {
 
 /// Installs the global subscriber for `service` (e.g. `ferry-registry`).
 /// Call once, from `main`, inside the Tokio runtime.
-pub fn init(service: &'static str) -> anyhow::Result<Guard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(service: &'static str, default_level: &str) -> anyhow::Result<Guard> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = std::env::var("FERRY_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()

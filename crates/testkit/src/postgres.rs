@@ -48,7 +48,12 @@ impl Postgres {
              -c max_connections=300",
             dir.display()
         );
-        run(cmd("pg_ctl").args(["-w", "-t", "60", "-o", &options, "-l"]).arg(dir.join("log")).arg("-D").arg(&data).arg("start"))?;
+        run(cmd("pg_ctl")
+            .args(["-w", "-t", "60", "-o", &options, "-l"])
+            .arg(dir.join("log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start"))?;
         let stop = format!(
             "{prefix}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
             prefix = if as_root { "runuser -u postgres -- " } else { "" },
@@ -69,7 +74,10 @@ impl Postgres {
     /// The cluster shared by every test of this process, started on first use.
     pub fn shared() -> anyhow::Result<&'static Postgres> {
         static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
-        SHARED.get_or_init(|| Postgres::start().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+        SHARED
+            .get_or_init(|| Postgres::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// A connection string for `dbname` as the superuser.
@@ -134,7 +142,9 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
             return Ok(String::from_utf8_lossy(&out.stdout).trim().into());
         }
     }
-    bail!("PostgreSQL server binaries not found: install Debian's postgresql-15 (scripts/install-deps) or set FERRY_PG_BIN")
+    bail!(
+        "PostgreSQL server binaries not found: install Debian's postgresql-15 (scripts/install-deps) or set FERRY_PG_BIN"
+    )
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {

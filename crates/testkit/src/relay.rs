@@ -57,7 +57,12 @@ impl Drop for Relay {
     }
 }
 
-async fn pipe(client: TcpStream, server: TcpStream, sent: Arc<AtomicU64>, cut_after: Option<u64>) -> std::io::Result<()> {
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    sent: Arc<AtomicU64>,
+    cut_after: Option<u64>,
+) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let upstream = async {

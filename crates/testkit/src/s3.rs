@@ -19,7 +19,9 @@ pub struct S3Server {
     pub region: String,
     pub access_key_id: String,
     pub secret_access_key: String,
-    _root: Option<tempfile::TempDir>,
+    root: PathBuf,
+    addr: SocketAddr,
+    _temp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -37,17 +39,50 @@ impl S3Server {
             }
         };
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-        let access_key_id = format!("ferry{}", crate::random_suffix(6));
-        let secret_access_key = crate::random_suffix(20);
-        let fs = s3s_fs::FileSystem::new(&root).map_err(|e| anyhow::anyhow!("s3 store at {}: {e:?}", root.display()))?;
+        let mut server = Self {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            access_key_id: format!("ferry{}", crate::random_suffix(6)),
+            secret_access_key: crate::random_suffix(20),
+            root,
+            addr: bind,
+            _temp: temp,
+            stop: None,
+            thread: None,
+        };
+        server.run()?;
+        Ok(server)
+    }
+
+    /// Stops serving (connections are refused) but keeps the stored objects.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Serves again, on the same address, with the same objects and keys.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.run()
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let root = &self.root;
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3 store at {}: {e:?}", root.display()))?;
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
-            b.set_auth(SimpleAuth::from_single(access_key_id.clone(), secret_access_key.clone()));
+            b.set_auth(SimpleAuth::from_single(self.access_key_id.clone(), self.secret_access_key.clone()));
             b.build()
         };
-        let listener = std::net::TcpListener::bind(bind).with_context(|| format!("binding s3 server to {bind}"))?;
+        let listener =
+            std::net::TcpListener::bind(self.addr).with_context(|| format!("binding s3 server to {}", self.addr))?;
         listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        self.addr = listener.local_addr()?;
+        self.endpoint = format!("http://{}", self.addr);
         let (stop, mut stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("ferry-s3".into()).spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -72,16 +107,12 @@ impl S3Server {
                     });
                 }
             });
+            // Dropping the runtime here ends open connections too.
+            rt.shutdown_background();
         })?;
-        Ok(Self {
-            endpoint: format!("http://{addr}"),
-            region: "us-east-1".into(),
-            access_key_id,
-            secret_access_key,
-            _root: temp,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// Starts a server on a random loopback port with a temporary store.
@@ -91,7 +122,8 @@ impl S3Server {
 
     /// An SDK client for this server (path-style, static credentials).
     pub fn client(&self) -> aws_sdk_s3::Client {
-        let creds = aws_sdk_s3::config::Credentials::new(&self.access_key_id, &self.secret_access_key, None, None, "testkit");
+        let creds =
+            aws_sdk_s3::config::Credentials::new(&self.access_key_id, &self.secret_access_key, None, None, "testkit");
         let config = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(self.region.clone()))
@@ -112,11 +144,6 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }

@@ -32,7 +32,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let _telemetry = match ferry_telemetry::init("ferry-registry") {
+    let _telemetry = match ferry_telemetry::init("ferry-registry", "info") {
         Ok(guard) => guard,
         Err(e) => return fail(&e),
     };

@@ -69,7 +69,11 @@ impl Registry {
         })
     }
 
-    async fn prepare(&self, auth: &Authenticated, req: pb::PrepareReleaseRequest) -> Result<pb::PrepareReleaseResponse, RegistryError> {
+    async fn prepare(
+        &self,
+        auth: &Authenticated,
+        req: pb::PrepareReleaseRequest,
+    ) -> Result<pb::PrepareReleaseResponse, RegistryError> {
         let app_id = self.app_id(auth, &req.app).await?;
         let manifest =
             Manifest::decode(&req.manifest).map_err(|e| RegistryError::InvalidArgument(format!("manifest: {e}")))?;
@@ -83,7 +87,11 @@ impl Registry {
                     auth.tenant, req.app
                 ))));
             }
-            return Ok(pb::PrepareReleaseResponse { manifest_id: id.0.to_vec(), missing_chunks: vec![], already_published: true });
+            return Ok(pb::PrepareReleaseResponse {
+                manifest_id: id.0.to_vec(),
+                missing_chunks: vec![],
+                already_published: true,
+            });
         }
         self.meta.save_manifest(auth.tenant_id, id, &req.manifest).await?;
         let chunks: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
@@ -132,14 +140,22 @@ impl Registry {
         Ok(response)
     }
 
-    async fn commit(&self, auth: &Authenticated, req: pb::CommitReleaseRequest) -> Result<pb::CommitReleaseResponse, RegistryError> {
+    async fn commit(
+        &self,
+        auth: &Authenticated,
+        req: pb::CommitReleaseRequest,
+    ) -> Result<pb::CommitReleaseResponse, RegistryError> {
         let app_id = self.app_id(auth, &req.app).await?;
         let id = ManifestId::from_slice(&req.manifest_id)
             .ok_or_else(|| RegistryError::InvalidArgument("manifest_id must be 32 bytes".into()))?;
         let body = self.meta.load_manifest(auth.tenant_id, id).await?.ok_or_else(|| {
-            RegistryError::NotFound(format!("manifest {id} was not prepared for tenant {}; call PrepareRelease first", auth.tenant))
+            RegistryError::NotFound(format!(
+                "manifest {id} was not prepared for tenant {}; call PrepareRelease first",
+                auth.tenant
+            ))
         })?;
-        let manifest = Manifest::decode(&body).map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(e.to_string())))?;
+        let manifest = Manifest::decode(&body)
+            .map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(e.to_string())))?;
         let version = manifest.version.to_string();
         if self.meta.release_manifest(app_id, &version).await? != Some(id) {
             self.assemble(auth, &manifest).await?;
@@ -179,7 +195,9 @@ impl Registry {
                 });
             }
             match tasks.join_next().await {
-                Some(joined) => joined.map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(format!("assembly task failed: {e}"))))??,
+                Some(joined) => joined.map_err(|e| {
+                    RegistryError::Store(ferry_store::StoreError::Integrity(format!("assembly task failed: {e}")))
+                })??,
                 None => return Ok(()),
             }
         }
@@ -187,7 +205,8 @@ impl Registry {
 
     async fn deploy(&self, auth: &Authenticated, req: pb::DeployRequest) -> Result<pb::DeployResponse, RegistryError> {
         let app_id = self.app_id(auth, &req.app).await?;
-        let version = parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
+        let version =
+            parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
         let outcome = self.meta.deploy(app_id, &version).await?;
         info!(%version, previous = ?outcome.previous, "deployed");
         Ok(pb::DeployResponse { version, previous_version: outcome.previous.unwrap_or_default() })
@@ -213,7 +232,9 @@ fn verify_chunk(chunk: pb::Chunk) -> Result<(Hash, Bytes), RegistryError> {
     }
     let actual = blake3::hash(&chunk.data);
     if actual != claimed {
-        return Err(RegistryError::InvalidArgument(format!("chunk {claimed}: its bytes hash to {actual}; nothing of it was stored")));
+        return Err(RegistryError::InvalidArgument(format!(
+            "chunk {claimed}: its bytes hash to {actual}; nothing of it was stored"
+        )));
     }
     Ok((claimed, Bytes::from(chunk.data)))
 }

@@ -1,0 +1,80 @@
+use std::path::PathBuf;
+
+use ferry_release::PackError;
+use thiserror::Error;
+
+/// Why a publish or deploy failed. Each message names the input or the step
+/// at fault; none of them leaves anything half-published behind.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("invalid registry URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot read CA certificate {path}: {source}")]
+    CaCert { path: PathBuf, source: std::io::Error },
+    #[error("the agent token contains characters not allowed in a header")]
+    Token,
+    #[error("cannot reach the registry at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{step}: {message}")]
+    Rpc { step: &'static str, code: tonic::Code, message: String },
+    #[error("{path} changed while publishing; run the publish again to pack it anew")]
+    Changed { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("registry answered with an invalid {0}")]
+    Protocol(&'static str),
+}
+
+impl AgentError {
+    pub(crate) fn rpc(step: &'static str, status: tonic::Status) -> Self {
+        let code = status.code();
+        let message = match code {
+            tonic::Code::Unauthenticated => format!("registry refused the agent token: {}", status.message()),
+            tonic::Code::PermissionDenied => format!("registry refused: {}", status.message()),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled if is_transport(&status) => {
+                format!("connection to the registry failed ({}); run again to resume", chain(&status))
+            }
+            tonic::Code::Unavailable => format!("registry unavailable: {}; run again to resume", status.message()),
+            _ => status.message().to_owned(),
+        };
+        AgentError::Rpc { step, code, message }
+    }
+
+    /// Whether trying again later may succeed (network or a dependency of
+    /// the registry being down), as opposed to an answer that will not change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AgentError::Connect { .. } => true,
+            AgentError::Rpc { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Aborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn is_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// An error and its sources as one line.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

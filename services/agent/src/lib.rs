@@ -1,0 +1,16 @@
+//! ferry-agent: packs the static resources of the version deployed in a
+//! private cloud and publishes them to the registry, sending only the chunks
+//! the registry lacks for this tenant (S0-1, S3-1, S3-2).
+//!
+//! `main.rs` parses the command line and renders; [`publish`] and
+//! [`deploy`] are what tests drive.
+
+mod client;
+mod error;
+mod progress;
+mod publish;
+
+pub use client::{Connection, RegistryClient};
+pub use error::AgentError;
+pub use progress::Progress;
+pub use publish::{ArtifactSummary, DeploySummary, PublishRequest, PublishSummary, deploy, publish};

@@ -1,0 +1,315 @@
+//! Publishing: pack, ask what is missing, send only that, commit.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_proto::registry::v1 as pb;
+use ferry_release::{ArtifactKind, ArtifactSpec, Hash, Manifest, Name, pack};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::client::{Connection, RegistryClient};
+use crate::error::AgentError;
+use crate::progress::Progress;
+
+/// Chunk bytes per upload message (the registry accepts up to 4 MiB).
+const MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub tenant: Name,
+    pub app: Name,
+    pub version: semver::Version,
+    pub artifacts: Vec<ArtifactSpec>,
+    /// Also record the version as deployed.
+    pub deploy: bool,
+    /// Attempts after a retryable failure (network, registry or its storage
+    /// down), with exponential back-off from one second.
+    pub retries: u32,
+}
+
+/// What a publish did; `--json` prints exactly this.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishSummary {
+    pub tenant: String,
+    pub app: String,
+    pub version: String,
+    pub manifest_id: String,
+    pub artifacts: Vec<ArtifactSummary>,
+    /// Bytes of all artifact files.
+    pub bytes_total: u64,
+    /// Chunk bytes actually uploaded by this run.
+    pub bytes_sent: u64,
+    /// Distinct chunks in the release.
+    pub chunks_total: u64,
+    /// Chunks uploaded by this run.
+    pub chunks_sent: u64,
+    /// Chunks the registry already held for this tenant.
+    pub chunks_reused: u64,
+    /// False when this exact release was already published.
+    pub created: bool,
+    pub deployed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactSummary {
+    pub name: String,
+    pub kind: &'static str,
+    pub platforms: Vec<String>,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Packs and publishes a release.
+pub async fn publish(
+    conn: &Connection,
+    req: &PublishRequest,
+    progress: &Progress,
+) -> Result<PublishSummary, AgentError> {
+    progress.start("packing", None);
+    let (version, specs) = (req.version.clone(), req.artifacts.clone());
+    let bar = progress.clone();
+    let manifest = tokio::task::spawn_blocking(move || pack(version, &specs, &|n| bar.advance(n)))
+        .await
+        .expect("packing task panicked")?;
+    progress.finish();
+    let sources = source_paths(&manifest, &req.artifacts);
+    info!(version = %manifest.version, bytes = manifest.total_size(), "packed");
+
+    let mut attempt = 0;
+    loop {
+        match publish_once(conn, req, &manifest, &sources, progress).await {
+            Err(e) if e.is_retryable() && attempt < req.retries => {
+                attempt += 1;
+                let backoff = Duration::from_secs(1 << attempt.min(5));
+                warn!(attempt, error = %e, "publish failed; retrying in {}s", backoff.as_secs());
+                tokio::time::sleep(backoff).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn publish_once(
+    conn: &Connection,
+    req: &PublishRequest,
+    manifest: &Manifest,
+    sources: &HashMap<Hash, PathBuf>,
+    progress: &Progress,
+) -> Result<PublishSummary, AgentError> {
+    let mut client = conn.connect().await?;
+    let prepared = client
+        .prepare_release(pb::PrepareReleaseRequest {
+            tenant: req.tenant.to_string(),
+            app: req.app.to_string(),
+            manifest: manifest.encode(),
+        })
+        .await
+        .map_err(|s| AgentError::rpc("prepare release", s))?
+        .into_inner();
+    let mut missing = HashSet::new();
+    for hash in &prepared.missing_chunks {
+        let bytes: [u8; 32] = hash.as_slice().try_into().map_err(|_| AgentError::Protocol("chunk hash"))?;
+        missing.insert(Hash::from_bytes(bytes));
+    }
+    let unique = manifest.unique_chunks();
+    let (mut chunks_sent, mut bytes_sent) = (0, 0);
+    if !missing.is_empty() {
+        let plan = upload_plan(manifest, sources, &missing);
+        let total = plan.iter().flat_map(|(_, c)| c).map(|c| c.len as u64).sum();
+        progress.start("uploading", Some(total));
+        let (sent, bytes) = upload(&mut client, req.tenant.as_str(), plan, progress).await?;
+        progress.finish();
+        (chunks_sent, bytes_sent) = (sent, bytes);
+    }
+    let committed = client
+        .commit_release(pb::CommitReleaseRequest {
+            tenant: req.tenant.to_string(),
+            app: req.app.to_string(),
+            manifest_id: prepared.manifest_id.clone(),
+            deploy: req.deploy,
+        })
+        .await
+        .map_err(|s| AgentError::rpc("commit release", s))?
+        .into_inner();
+    Ok(PublishSummary {
+        tenant: req.tenant.to_string(),
+        app: req.app.to_string(),
+        version: committed.version,
+        manifest_id: hex::encode(&prepared.manifest_id),
+        artifacts: manifest
+            .artifacts
+            .iter()
+            .map(|a| ArtifactSummary {
+                name: a.name.to_string(),
+                kind: match a.kind {
+                    ArtifactKind::File => "file",
+                    ArtifactKind::Directory => "directory",
+                },
+                platforms: a.platforms.iter().map(ToString::to_string).collect(),
+                files: a.files.len(),
+                bytes: a.size(),
+            })
+            .collect(),
+        bytes_total: manifest.total_size(),
+        bytes_sent,
+        chunks_total: unique.len() as u64,
+        chunks_sent,
+        chunks_reused: unique.len() as u64 - missing.len() as u64,
+        created: committed.created,
+        deployed: committed.deployed,
+    })
+}
+
+/// Where each file's bytes are on disk, by file hash.
+fn source_paths(manifest: &Manifest, specs: &[ArtifactSpec]) -> HashMap<Hash, PathBuf> {
+    let roots: HashMap<&Name, &PathBuf> = specs.iter().map(|s| (&s.name, &s.path)).collect();
+    let mut out = HashMap::new();
+    for artifact in &manifest.artifacts {
+        let root = roots[&artifact.name];
+        for file in &artifact.files {
+            let path = match artifact.kind {
+                ArtifactKind::File => root.clone(),
+                ArtifactKind::Directory => root.join(file.path.as_str()),
+            };
+            out.entry(file.hash).or_insert(path);
+        }
+    }
+    out
+}
+
+struct PlannedChunk {
+    offset: u64,
+    len: u32,
+    hash: Hash,
+}
+
+/// For each file holding missing chunks, the chunks to read from it; each
+/// missing chunk appears once.
+fn upload_plan(
+    manifest: &Manifest,
+    sources: &HashMap<Hash, PathBuf>,
+    missing: &HashSet<Hash>,
+) -> Vec<(PathBuf, Vec<PlannedChunk>)> {
+    let mut planned = HashSet::new();
+    let mut done_files = HashSet::new();
+    let mut plan = Vec::new();
+    for file in manifest.files() {
+        if !done_files.insert(file.hash) {
+            continue;
+        }
+        let mut offset = 0;
+        let mut chunks = Vec::new();
+        for chunk in &file.chunks {
+            if missing.contains(&chunk.hash) && planned.insert(chunk.hash) {
+                chunks.push(PlannedChunk { offset, len: chunk.len, hash: chunk.hash });
+            }
+            offset += u64::from(chunk.len);
+        }
+        if !chunks.is_empty() {
+            plan.push((sources[&file.hash].clone(), chunks));
+        }
+    }
+    plan
+}
+
+/// Streams the planned chunks; returns (chunks, bytes) sent.
+async fn upload(
+    client: &mut RegistryClient,
+    tenant: &str,
+    plan: Vec<(PathBuf, Vec<PlannedChunk>)>,
+    progress: &Progress,
+) -> Result<(u64, u64), AgentError> {
+    let (tx, rx) = mpsc::channel::<pb::UploadChunksRequest>(2);
+    let tenant = tenant.to_owned();
+    let bar = progress.clone();
+    // Reading and hashing are blocking work: a thread of their own feeds the
+    // stream through a small channel, so memory stays at a few messages.
+    let reader = tokio::task::spawn_blocking(move || read_chunks(&tenant, plan, &tx, &bar));
+    let response = client.upload_chunks(ReceiverStream::new(rx)).await;
+    let read = reader.await.expect("chunk reader panicked");
+    let response = response.map_err(|s| AgentError::rpc("upload chunks", s))?;
+    let (chunks, bytes) = read?;
+    let stored = response.into_inner();
+    info!(chunks, bytes, stored = stored.chunks_stored, "chunks uploaded");
+    Ok((chunks, bytes))
+}
+
+fn read_chunks(
+    tenant: &str,
+    plan: Vec<(PathBuf, Vec<PlannedChunk>)>,
+    tx: &mpsc::Sender<pb::UploadChunksRequest>,
+    progress: &Progress,
+) -> Result<(u64, u64), AgentError> {
+    let mut message = pb::UploadChunksRequest { tenant: tenant.to_owned(), chunks: Vec::new() };
+    let mut message_bytes = 0;
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    for (path, planned) in plan {
+        let io = |source| AgentError::Io { path: path.clone(), source };
+        let mut file = File::open(&path).map_err(io)?;
+        for chunk in planned {
+            let mut data = vec![0u8; chunk.len as usize];
+            file.seek(SeekFrom::Start(chunk.offset)).map_err(|e| AgentError::Io { path: path.clone(), source: e })?;
+            file.read_exact(&mut data).map_err(|e| AgentError::Io { path: path.clone(), source: e })?;
+            if blake3::hash(&data) != chunk.hash {
+                return Err(AgentError::Changed { path });
+            }
+            message_bytes += data.len();
+            message.chunks.push(pb::Chunk { hash: chunk.hash.as_bytes().to_vec(), data });
+            if message_bytes >= MESSAGE_BYTES {
+                let full = std::mem::replace(
+                    &mut message,
+                    pb::UploadChunksRequest { tenant: tenant.to_owned(), chunks: Vec::new() },
+                );
+                if tx.blocking_send(full).is_err() {
+                    return Ok((chunks, bytes)); // the call failed; its error is reported
+                }
+                message_bytes = 0;
+            }
+            chunks += 1;
+            bytes += u64::from(chunk.len);
+            progress.advance(u64::from(chunk.len));
+        }
+    }
+    if !message.chunks.is_empty() {
+        let _ = tx.blocking_send(message);
+    }
+    Ok((chunks, bytes))
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploySummary {
+    pub tenant: String,
+    pub app: String,
+    pub version: String,
+    /// The version deployed before, if any.
+    pub previous_version: Option<String>,
+}
+
+/// Records an already published version as the one deployed (S0-3).
+pub async fn deploy(
+    conn: &Connection,
+    tenant: &Name,
+    app: &Name,
+    version: &semver::Version,
+) -> Result<DeploySummary, AgentError> {
+    let mut client = conn.connect().await?;
+    let out = client
+        .deploy(pb::DeployRequest { tenant: tenant.to_string(), app: app.to_string(), version: version.to_string() })
+        .await
+        .map_err(|s| AgentError::rpc("deploy", s))?
+        .into_inner();
+    Ok(DeploySummary {
+        tenant: tenant.to_string(),
+        app: app.to_string(),
+        version: out.version,
+        previous_version: Some(out.previous_version).filter(|v| !v.is_empty()),
+    })
+}

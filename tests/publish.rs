@@ -1,0 +1,361 @@
+//! The publish path end to end (S0-1, S0-2, S3-1…S3-5): agent library →
+//! real gRPC → registry → real PostgreSQL and S3.
+
+use std::collections::HashSet;
+
+use ferry_agent::AgentError;
+use ferry_e2e::{Release, Stack, noise, publish_to, self_signed_tls};
+use ferry_proto::registry::v1 as pb;
+use ferry_release::{ArtifactSpec, Hash, Manifest, Name, pack};
+use ferry_store::KeyRole;
+use ferry_testkit::Relay;
+use tonic::Code;
+
+fn code(err: &AgentError) -> Option<Code> {
+    match err {
+        AgentError::Rpc { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// S3-2: the second publish of the same release finds everything in place.
+#[tokio::test]
+async fn publish_resends_nothing_when_release_is_unchanged() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(2_000_000, 1);
+    let first = stack.publish(&token, "acme", "2.4.1", &release.artifacts()).await.unwrap();
+    assert!(first.created);
+    assert_eq!(first.chunks_sent, first.chunks_total);
+    assert!(first.bytes_sent >= first.bytes_total - 100, "{first:?}");
+
+    let second = stack.publish(&token, "acme", "2.4.1", &release.artifacts()).await.unwrap();
+    assert!(!second.created);
+    assert_eq!(second.chunks_sent, 0);
+    assert_eq!(second.bytes_sent, 0);
+    assert_eq!(second.manifest_id, first.manifest_id);
+}
+
+/// S3-2, S3-5: an edit in the middle of a large file sends only the chunks
+/// around it; unchanged files of the web bundle are not sent at all.
+#[tokio::test]
+async fn publish_of_next_version_sends_only_changed_chunks() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(16 * 1024 * 1024, 2);
+    let v1 = stack.publish(&token, "acme", "1.0.0", &release.artifacts()).await.unwrap();
+
+    let mut apk = std::fs::read(&release.apk).unwrap();
+    apk[8 * 1024 * 1024] ^= 0x5a;
+    std::fs::write(&release.apk, &apk).unwrap();
+    let v2 = stack.publish(&token, "acme", "1.1.0", &release.artifacts()).await.unwrap();
+
+    assert!(v2.created);
+    assert_ne!(v2.manifest_id, v1.manifest_id);
+    assert!((1..=2).contains(&v2.chunks_sent), "{v2:?}");
+    assert!(v2.bytes_sent <= 2 * ferry_release::CHUNK_MAX as u64, "{v2:?}");
+    assert_eq!(v2.chunks_reused, v2.chunks_total - v2.chunks_sent);
+}
+
+/// S3-4: every assembled file in S3 is byte-identical to the agent's input.
+#[tokio::test]
+async fn assembled_files_in_s3_match_the_agents_input() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    // Larger than one multipart part, to exercise multipart assembly too.
+    let release = Release::new(20 * 1024 * 1024 + 12345, 3);
+    stack.publish(&token, "acme", "3.0.0", &release.artifacts()).await.unwrap();
+
+    let inputs = [
+        release.apk.clone(),
+        release.web.join("index.html"),
+        release.web.join("assets/app.js"),
+        release.web.join("assets/vendor.js"),
+        release.api.clone(),
+    ];
+    for path in inputs {
+        let expected = std::fs::read(&path).unwrap();
+        let stored = stack.blobs.get_file(&blake3::hash(&expected)).await.unwrap();
+        assert_eq!(stored.len(), expected.len(), "{}", path.display());
+        assert_eq!(blake3::hash(&stored), blake3::hash(&expected), "{}", path.display());
+    }
+}
+
+/// S3-2: a publish cut off halfway, re-run, sends only what did not arrive.
+#[tokio::test]
+async fn interrupted_publish_resumes_sending_only_missing_chunks() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(12 * 1024 * 1024, 4);
+    let relay = Relay::start(stack.addr, Some(6 * 1024 * 1024)).await.unwrap();
+    let via_relay = ferry_agent::Connection { url: relay.url(), token: token.clone(), ca_cert: None };
+
+    let cut = publish_to(&via_relay, "acme", "1.0.0", &release.artifacts(), false).await.unwrap_err();
+    assert!(cut.is_retryable(), "{cut}");
+    let app_id = stack.app_id("acme").await;
+    assert_eq!(stack.meta.release_manifest(app_id, "1.0.0").await.unwrap(), None, "nothing half-published is visible");
+
+    let specs: Vec<_> = release
+        .artifacts()
+        .iter()
+        .map(|(n, p)| ArtifactSpec::parse(&format!("{n}={}", p.display())).unwrap())
+        .collect();
+    let manifest = pack("1.0.0".parse().unwrap(), &specs, &|_| {}).unwrap();
+    let all: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
+    let stored = stack.meta.tenant_chunks(stack.tenant_id("acme").await, &all).await.unwrap().len() as u64;
+    assert!(stored > 0, "the first run stored some chunks before the cut");
+
+    let resumed = stack.publish(&token, "acme", "1.0.0", &release.artifacts()).await.unwrap();
+    assert!(resumed.created);
+    assert_eq!(resumed.chunks_sent, resumed.chunks_total - stored);
+    assert_eq!(
+        stack.meta.release_manifest(app_id, "1.0.0").await.unwrap().map(|m| m.to_string()),
+        Some(resumed.manifest_id)
+    );
+}
+
+/// A chunk whose bytes do not match its hash is refused and nothing of the
+/// release is committed.
+#[tokio::test]
+async fn corrupt_chunk_is_rejected_and_nothing_is_committed() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let apk = dir.path().join("crm.apk");
+    std::fs::write(&apk, noise(300_000, 5)).unwrap();
+    let spec = ArtifactSpec::parse(&format!("mobile={}", apk.display())).unwrap();
+    let manifest = pack("1.0.0".parse().unwrap(), &[spec], &|_| {}).unwrap();
+
+    let mut client = pb::registry_client::RegistryClient::connect(stack.url.clone()).await.unwrap();
+    fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    }
+    let prepared = client
+        .prepare_release(authed(
+            &token,
+            pb::PrepareReleaseRequest { tenant: "acme".into(), app: "crm".into(), manifest: manifest.encode() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(prepared.missing_chunks.len(), manifest.unique_chunks().len());
+
+    let first = manifest.unique_chunks()[0];
+    let forged = pb::Chunk { hash: first.hash.as_bytes().to_vec(), data: noise(first.len as usize, 6) };
+    let upload = pb::UploadChunksRequest { tenant: "acme".into(), chunks: vec![forged] };
+    let status = client.upload_chunks(authed(&token, futures::stream::iter(vec![upload]))).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("hash to"), "{}", status.message());
+
+    let commit = pb::CommitReleaseRequest {
+        tenant: "acme".into(),
+        app: "crm".into(),
+        manifest_id: prepared.manifest_id,
+        deploy: true,
+    };
+    let status = client.commit_release(authed(&token, commit)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    let app_id = stack.app_id("acme").await;
+    assert_eq!(stack.meta.release_manifest(app_id, "1.0.0").await.unwrap(), None);
+    assert_eq!(stack.meta.deployed_version(app_id).await.unwrap(), None);
+    let held = stack.meta.tenant_chunks(stack.tenant_id("acme").await, &[first.hash]).await.unwrap();
+    assert!(held.is_empty(), "the forged chunk was not recorded");
+}
+
+/// S1-4: an agent key publishes only for its own tenant; a refused publish
+/// stores nothing for the other tenant.
+#[tokio::test]
+async fn publish_for_another_tenant_is_refused_and_stores_nothing() {
+    let stack = Stack::start().await;
+    let acme = stack.tenant("acme").await;
+    stack.tenant("globex").await;
+    let release = Release::new(200_000, 7);
+    let err = stack.publish(&acme, "globex", "1.0.0", &release.artifacts()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("not valid for tenant globex"), "{err}");
+
+    let globex = stack.tenant_id("globex").await;
+    let specs: Vec<_> = release
+        .artifacts()
+        .iter()
+        .map(|(n, p)| ArtifactSpec::parse(&format!("{n}={}", p.display())).unwrap())
+        .collect();
+    let manifest = pack("1.0.0".parse().unwrap(), &specs, &|_| {}).unwrap();
+    assert_eq!(stack.meta.load_manifest(globex, manifest.id()).await.unwrap(), None);
+    let all: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
+    assert!(stack.meta.tenant_chunks(globex, &all).await.unwrap().is_empty());
+}
+
+/// S3-2 per tenant: a tenant is asked for chunks another tenant already
+/// stored (it cannot learn what others hold), yet the bytes are kept once.
+#[tokio::test]
+async fn tenants_do_not_learn_each_others_content() {
+    let stack = Stack::start().await;
+    let acme = stack.tenant("acme").await;
+    let globex = stack.tenant("globex").await;
+    let release = Release::new(1_000_000, 8);
+    let a = stack.publish(&acme, "acme", "1.0.0", &release.artifacts()).await.unwrap();
+    let g = stack.publish(&globex, "globex", "1.0.0", &release.artifacts()).await.unwrap();
+    assert_eq!(a.chunks_sent, a.chunks_total);
+    assert_eq!(g.chunks_sent, g.chunks_total, "globex must send the bytes too");
+    let objects =
+        stack.s3.client().list_objects_v2().bucket(stack.blobs.bucket()).prefix("chunks/").send().await.unwrap();
+    assert_eq!(objects.key_count().unwrap_or(0) as u64, a.chunks_total, "chunks are stored once");
+}
+
+#[tokio::test]
+async fn same_version_with_different_content_is_refused() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(100_000, 9);
+    stack.publish(&token, "acme", "2.0.0", &release.artifacts()).await.unwrap();
+    std::fs::write(&release.api, b"{\"openapi\":\"3.1.0\",\"changed\":true}").unwrap();
+    let err = stack.publish(&token, "acme", "2.0.0", &release.artifacts()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::AlreadyExists), "{err}");
+    assert!(err.to_string().contains("versions are immutable"), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_revoked_and_client_keys_are_refused() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(100_000, 10);
+
+    let unknown = ferry_store::ApiKey::generate(KeyRole::Agent).token();
+    let err = stack.publish(&unknown, "acme", "1.0.0", &release.artifacts()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::Unauthenticated), "{err}");
+    assert!(err.to_string().contains("refused the agent token"), "{err}");
+
+    let err = stack.publish("not-a-key", "acme", "1.0.0", &release.artifacts()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::Unauthenticated), "{err}");
+
+    let tenant = Name::parse("tenant", "acme").unwrap();
+    let client = stack.meta.issue_key(&tenant, KeyRole::Client).await.unwrap().token();
+    let err = stack.publish(&client, "acme", "1.0.0", &release.artifacts()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::PermissionDenied), "{err}");
+
+    stack.meta.revoke_key(&ferry_store::ApiKey::parse(&token).unwrap().id).await.unwrap();
+    let err = stack.publish(&token, "acme", "1.0.0", &release.artifacts()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::Unauthenticated), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_app_is_reported_with_how_to_create_it() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(100_000, 11);
+    let req = ferry_agent::PublishRequest {
+        tenant: Name::parse("tenant", "acme").unwrap(),
+        app: Name::parse("app", "erp").unwrap(),
+        version: "1.0.0".parse().unwrap(),
+        artifacts: vec![ArtifactSpec::parse(&format!("api={}", release.api.display())).unwrap()],
+        deploy: false,
+        retries: 0,
+    };
+    let err =
+        ferry_agent::publish(&stack.connection(&token), &req, &ferry_agent::Progress::hidden()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::NotFound), "{err}");
+    assert!(err.to_string().contains("admin create-app acme erp"), "{err}");
+}
+
+/// S0-3: the deployed version can move forward and back (rollback).
+#[tokio::test]
+async fn deploy_records_the_version_running_in_the_private_cloud() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let conn = stack.connection(&token);
+    let release = Release::new(100_000, 12);
+    let v1 = publish_to(&conn, "acme", "1.0.0", &release.artifacts(), true).await.unwrap();
+    assert!(v1.deployed);
+    std::fs::write(&release.api, b"{\"v\":2}").unwrap();
+    publish_to(&conn, "acme", "2.0.0", &release.artifacts(), true).await.unwrap();
+    let app_id = stack.app_id("acme").await;
+    assert_eq!(stack.meta.deployed_version(app_id).await.unwrap().as_deref(), Some("2.0.0"));
+
+    let (acme, crm) = (Name::parse("tenant", "acme").unwrap(), Name::parse("app", "crm").unwrap());
+    let back = ferry_agent::deploy(&conn, &acme, &crm, &"1.0.0".parse().unwrap()).await.unwrap();
+    assert_eq!(back.previous_version.as_deref(), Some("2.0.0"));
+    assert_eq!(stack.meta.deployed_version(app_id).await.unwrap().as_deref(), Some("1.0.0"));
+
+    let err = ferry_agent::deploy(&conn, &acme, &crm, &"9.9.9".parse().unwrap()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::NotFound), "{err}");
+    assert!(err.to_string().contains("not published"), "{err}");
+}
+
+/// S3 down: the publish fails with a retryable error naming the cause and
+/// leaves nothing visible; once S3 is back, the same publish completes.
+#[tokio::test]
+async fn publish_survives_s3_outage_once_s3_is_back() {
+    let mut stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(500_000, 13);
+    stack.s3.stop();
+    let err = stack.publish(&token, "acme", "1.0.0", &release.artifacts()).await.unwrap_err();
+    assert_eq!(code(&err), Some(Code::Unavailable), "{err}");
+    assert!(err.to_string().contains("s3 is unavailable"), "{err}");
+    let app_id = stack.app_id("acme").await;
+    assert_eq!(stack.meta.release_manifest(app_id, "1.0.0").await.unwrap(), None);
+
+    stack.s3.restart().unwrap();
+    let done = stack.publish(&token, "acme", "1.0.0", &release.artifacts()).await.unwrap();
+    assert!(done.created);
+}
+
+#[tokio::test]
+async fn registry_that_is_down_is_reported_as_unreachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let release = Release::new(10_000, 14);
+    let conn = ferry_agent::Connection { url: url.clone(), token: "x".into(), ca_cert: None };
+    let err = publish_to(&conn, "acme", "1.0.0", &release.artifacts(), false).await.unwrap_err();
+    assert!(matches!(err, AgentError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+}
+
+/// Transport: https:// with a private CA given by --ca-cert.
+#[tokio::test]
+async fn publish_over_tls_with_a_private_ca() {
+    let (tls, ca_pem) = self_signed_tls();
+    let stack = Stack::start_with_tls(Some(tls)).await;
+    let token = stack.tenant("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let release = Release::new(100_000, 15);
+
+    let trusted = ferry_agent::Connection { url: stack.url.clone(), token: token.clone(), ca_cert: Some(ca) };
+    let done = publish_to(&trusted, "acme", "1.0.0", &release.artifacts(), false).await.unwrap();
+    assert!(done.created);
+
+    let untrusted = ferry_agent::Connection { url: stack.url.clone(), token, ca_cert: None };
+    let err = publish_to(&untrusted, "acme", "1.0.0", &release.artifacts(), false).await.unwrap_err();
+    assert!(matches!(err, AgentError::Connect { .. } | AgentError::Rpc { .. }), "{err}");
+}
+
+/// The manifest the registry stores is the agent's, byte for byte, and
+/// decodes to the files that were packed.
+#[tokio::test]
+async fn registry_keeps_the_manifest_of_every_version() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(100_000, 16);
+    let mut ids = HashSet::new();
+    for (i, version) in ["1.0.0", "1.0.1", "0.9.0"].iter().enumerate() {
+        std::fs::write(&release.api, format!("{{\"v\":{i}}}")).unwrap();
+        let s = stack.publish(&token, "acme", version, &release.artifacts()).await.unwrap();
+        ids.insert(s.manifest_id);
+    }
+    let app_id = stack.app_id("acme").await;
+    let tenant_id = stack.tenant_id("acme").await;
+    for version in ["1.0.0", "1.0.1", "0.9.0"] {
+        let id = stack.meta.release_manifest(app_id, version).await.unwrap().unwrap();
+        assert!(ids.contains(&id.to_string()));
+        let body = stack.meta.load_manifest(tenant_id, id).await.unwrap().unwrap();
+        let manifest = Manifest::decode(&body).unwrap();
+        assert_eq!(manifest.version.to_string(), version);
+        assert_eq!(manifest.artifacts.len(), 3);
+    }
+}
