@@ -420,7 +420,7 @@ mod tests {
         fs::write(&empty, b"").unwrap();
         let spec = ArtifactSpec::parse(&format!("mobile={}", empty.display())).unwrap();
         let v: semver::Version = "1.0.0".parse().unwrap();
-        assert!(matches!(pack(v.clone(), &[spec.clone()], &|_| {}), Err(PackError::Empty { .. })));
+        assert!(matches!(pack(v.clone(), std::slice::from_ref(&spec), &|_| {}), Err(PackError::Empty { .. })));
         assert!(matches!(pack(v.clone(), &[spec.clone(), spec], &|_| {}), Err(PackError::Duplicate(_))));
         let missing = ArtifactSpec::parse("api=/nonexistent/openapi.json").unwrap();
         let e = pack(v, &[missing], &|_| {}).unwrap_err().to_string();

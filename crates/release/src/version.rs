@@ -14,10 +14,10 @@ pub struct VersionError {
 /// version has exactly one spelling everywhere.
 pub fn parse_version(input: &str) -> Result<semver::Version, VersionError> {
     let err = |reason: String| VersionError { input: input.to_owned(), reason };
-    if let Some(rest) = input.strip_prefix(['v', 'V']) {
-        if semver::Version::parse(rest).is_ok() {
-            return Err(err(format!("drop the leading 'v' (use {rest:?})")));
-        }
+    if let Some(rest) = input.strip_prefix(['v', 'V'])
+        && semver::Version::parse(rest).is_ok()
+    {
+        return Err(err(format!("drop the leading 'v' (use {rest:?})")));
     }
     semver::Version::parse(input)
         .map_err(|e| err(format!("{e} (expected semantic versioning such as 2.4.1 or 2.5.0-rc.1)")))

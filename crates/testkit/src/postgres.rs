@@ -137,10 +137,10 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     if let Some((_, bin)) = versions.pop() {
         return Ok(bin);
     }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).trim().into());
-        }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().into());
     }
     bail!(
         "PostgreSQL server binaries not found: install Debian's postgresql-15 (scripts/install-deps) or set FERRY_PG_BIN"
