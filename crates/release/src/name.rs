@@ -10,7 +10,7 @@ pub struct Name(String);
 
 /// A string that is not a valid [`Name`].
 #[derive(Debug, Error)]
-#[error("invalid {what} {input:?}: {reason}")]
+#[error("invalid {what} name {input:?}: {reason}")]
 pub struct NameError {
     what: &'static str,
     input: String,

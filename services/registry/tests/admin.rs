@@ -1,0 +1,63 @@
+//! `ferry-registry admin ...` against a real PostgreSQL database.
+
+use std::process::{Command, Output};
+
+use ferry_release::Name;
+use ferry_store::ApiKey;
+
+fn admin(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry-registry"))
+        .arg("admin")
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn admin_creates_tenants_apps_and_keys_and_revokes_them() {
+    let db = ferry_testkit::fresh_database().await.unwrap();
+    assert!(admin(&db, &["create-tenant", "acme"]).status.success());
+    assert!(admin(&db, &["create-app", "acme", "crm"]).status.success());
+
+    let issued = admin(&db, &["issue-key", "acme", "--role", "agent"]);
+    assert!(issued.status.success(), "{}", text(&issued.stderr));
+    let stdout = text(&issued.stdout);
+    assert_eq!(stdout.lines().count(), 1, "only the key on stdout: {stdout}");
+    let key = ApiKey::parse(stdout.trim()).unwrap();
+    assert!(text(&issued.stderr).contains(&key.id));
+
+    let meta = ferry_store::connect(&db, 1).unwrap();
+    let auth = meta.authenticate(&key).await.unwrap().expect("key is valid");
+    assert_eq!(auth.tenant, Name::parse("tenant", "acme").unwrap());
+
+    let revoked = admin(&db, &["revoke-key", &key.id]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    assert!(meta.authenticate(&key).await.unwrap().is_none(), "revoked keys stop working");
+}
+
+#[tokio::test]
+async fn admin_errors_name_the_problem() {
+    let db = ferry_testkit::fresh_database().await.unwrap();
+    assert!(admin(&db, &["create-tenant", "acme"]).status.success());
+
+    let cases: [(&[&str], &str); 5] = [
+        (&["create-tenant", "acme"], "tenant acme already exists"),
+        (&["create-tenant", "Acme Corp"], "invalid tenant name"),
+        (&["create-app", "globex", "crm"], "tenant globex does not exist"),
+        (&["issue-key", "acme", "--role", "admin"], "invalid value 'admin'"),
+        (&["revoke-key", "0123456789ab"], "api key 0123456789ab does not exist"),
+    ];
+    for (args, needle) in cases {
+        let out = admin(&db, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in {stderr}");
+    }
+}
