@@ -1,0 +1,207 @@
+//! `ferry-dev`: the whole stack on one machine, for trying Ferry out and for
+//! developing it. Starts a throwaway PostgreSQL and an S3 server that checks
+//! SigV4, runs the registry, creates a demo tenant, app and keys, publishes
+//! two sample versions with the real `ferry-agent` binary, writes
+//! `target/ferry-dev/stack.env`, and keeps everything up until Ctrl-C.
+
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use ferry_registry::Registry;
+use ferry_release::Name;
+use ferry_store::{Blobs, KeyRole, S3Settings};
+use ferry_testkit::{Postgres, S3Server};
+
+const TENANT: &str = "acme";
+const APP: &str = "crm";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _telemetry = match ferry_telemetry::init("ferry-dev", "info") {
+        Ok(guard) => guard,
+        Err(e) => return fail(&e),
+    };
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+async fn run() -> anyhow::Result<()> {
+    let dir = PathBuf::from(std::env::var("FERRY_DEV_DIR").unwrap_or_else(|_| "target/ferry-dev".into()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let agent = agent_binary()?;
+
+    step("starting PostgreSQL");
+    let pg = tokio::task::spawn_blocking(Postgres::start).await??;
+    let database_url = pg.create_database().await?;
+
+    step("starting the S3 server (s3s, SigV4 checked)");
+    let s3_port: u16 = env_port("FERRY_DEV_S3_PORT")?;
+    let s3 = S3Server::start(None, SocketAddr::from(([127, 0, 0, 1], s3_port)))?;
+    let bucket = s3.create_bucket().await?;
+
+    step("starting the registry");
+    let meta = ferry_store::connect(&database_url, 8)?;
+    meta.migrate().await?;
+    let settings = S3Settings {
+        endpoint: Some(s3.endpoint.clone()),
+        region: s3.region.clone(),
+        access_key_id: s3.access_key_id.clone(),
+        secret_access_key: s3.secret_access_key.clone(),
+        force_path_style: true,
+    };
+    let blobs = Blobs::new(Blobs::client_from_settings(&settings), &bucket);
+    let registry_port = env_port("FERRY_DEV_REGISTRY_PORT")?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", registry_port)).await?;
+    let registry_url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ferry_registry::serve(Registry::new(meta.clone(), blobs), listener, None, async {
+        let _ = stopped.await;
+    }));
+
+    step("creating tenant acme, app crm and their keys");
+    let tenant = Name::parse("tenant", TENANT)?;
+    meta.create_tenant(&tenant).await?;
+    meta.create_app(&tenant, &Name::parse("app", APP)?).await?;
+    let agent_token = meta.issue_key(&tenant, KeyRole::Agent).await?.token();
+    let client_key = meta.issue_key(&tenant, KeyRole::Client).await?.token();
+
+    let env_file = dir.join("stack.env");
+    let vars = [
+        ("FERRY_REGISTRY_URL", registry_url.as_str()),
+        // The gateway joins the stack with the access-gateway work.
+        ("FERRY_GATEWAY_URL", ""),
+        ("FERRY_TENANT", TENANT),
+        ("FERRY_APP", APP),
+        ("FERRY_AGENT_TOKEN", agent_token.as_str()),
+        ("FERRY_CLIENT_KEY", client_key.as_str()),
+        ("DATABASE_URL", database_url.as_str()),
+        ("AWS_ENDPOINT_URL_S3", s3.endpoint.as_str()),
+        ("FERRY_S3_BUCKET", bucket.as_str()),
+        ("AWS_ACCESS_KEY_ID", s3.access_key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key.as_str()),
+        ("AWS_REGION", s3.region.as_str()),
+    ];
+    let body: String = vars.iter().map(|(k, v)| format!("{k}={}\n", shell_quote(v))).collect();
+    std::fs::write(&env_file, format!("# written by ferry-dev; valid while it runs\n{body}"))?;
+
+    let samples = dir.join("sample");
+    let (v1, v2) = write_samples(&samples)?;
+    let run_agent = |version: &str, root: &Path, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(&agent);
+        cmd.args(["publish", "--registry", &registry_url, "--tenant", TENANT, "--app", APP, "--version", version])
+            .arg("--artifact")
+            .arg(format!("mobile@android={}", root.join("crm.apk").display()))
+            .arg("--artifact")
+            .arg(format!("web={}", root.join("web").display()))
+            .arg("--artifact")
+            .arg(format!("api={}", root.join("openapi.json").display()))
+            .args(extra)
+            .env("FERRY_AGENT_TOKEN", &agent_token);
+        cmd
+    };
+    step("publishing sample version 1.0.0 and deploying it (ferry-agent publish --deploy)");
+    check(run_agent("1.0.0", &v1, &["--deploy"]).status().context("running ferry-agent")?)?;
+    step("publishing sample version 1.1.0: only changed chunks travel (ferry-agent publish --json)");
+    check(run_agent("1.1.0", &v2, &["--json"]).status().context("running ferry-agent")?)?;
+
+    let app_id = meta.app_id(meta.tenant_id(&tenant).await?, &Name::parse("app", APP)?).await?.context("demo app")?;
+    let deployed = meta.deployed_version(app_id).await?.unwrap_or_else(|| "none".into());
+    println!(
+        "\nFerry is running.\n  registry (gRPC)  {registry_url}\n  S3               {} bucket {bucket}\n  \
+         tenant/app       {TENANT}/{APP}, deployed version {deployed}\n  environment      {}\n\n\
+         Try:  set -a; . {}; set +a\n      ferry-agent deploy --version 1.1.0\n\nCtrl-C stops everything.",
+        s3.endpoint,
+        env_file.display(),
+        env_file.display(),
+    );
+    tokio::signal::ctrl_c().await?;
+    step("stopping");
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_file(&env_file);
+    // Exiting closes every connection at once; PostgreSQL's watchdog then
+    // stops the cluster and deletes it, and the S3 store is a temp dir.
+    std::mem::forget(pg);
+    drop(s3);
+    std::process::exit(0)
+}
+
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+fn check(status: std::process::ExitStatus) -> anyhow::Result<()> {
+    if !status.success() {
+        bail!("ferry-agent failed ({status})");
+    }
+    Ok(())
+}
+
+fn env_port(var: &str) -> anyhow::Result<u16> {
+    match std::env::var(var) {
+        Ok(v) => v.parse().with_context(|| format!("{var}={v:?} is not a port number")),
+        Err(_) => Ok(0),
+    }
+}
+
+/// The `ferry-agent` binary built next to this one.
+fn agent_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let agent = me.with_file_name("ferry-agent");
+    if !agent.exists() {
+        bail!("{} not found; build it with `cargo build -p ferry-agent` (scripts/dev does)", agent.display());
+    }
+    Ok(agent)
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// Two versions of a small product: an Android package, a web bundle and
+/// an API description. 1.1.0 changes a few bytes in the middle of the
+/// package, one web file and the API.
+fn write_samples(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let (v1, v2) = (dir.join("1.0.0"), dir.join("1.1.0"));
+    for (root, version) in [(&v1, 1u8), (&v2, 2)] {
+        std::fs::create_dir_all(root.join("web/assets"))?;
+        let mut apk = noise(8 * 1024 * 1024, 1);
+        if version == 2 {
+            apk[4 * 1024 * 1024..4 * 1024 * 1024 + 64].fill(0xaa);
+        }
+        std::fs::write(root.join("crm.apk"), apk)?;
+        std::fs::write(root.join("web/index.html"), format!("<!doctype html><title>crm {version}</title>"))?;
+        std::fs::write(root.join("web/assets/vendor.js"), noise(2 * 1024 * 1024, 2))?;
+        std::fs::write(root.join("web/assets/app.js"), noise(512 * 1024, 10 + u64::from(version)))?;
+        std::fs::write(
+            root.join("openapi.json"),
+            format!(r#"{{"openapi":"3.1.0","info":{{"title":"crm","version":"1.{}.0"}},"paths":{{}}}}"#, version - 1),
+        )?;
+    }
+    Ok((v1, v2))
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
