@@ -204,26 +204,33 @@ pub fn pack_file(path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<FileEnt
         chunks.extend(segment.cuts.iter().zip(hashes).map(|(&(_, len), hash)| ChunkRef { hash, len: len as u32 }));
         size += segment.consumed as u64;
         progress(segment.consumed as u64);
+        segment.data
     };
     if meta.len() <= SEGMENT as u64 {
         // Small files: no pipeline thread, the pool is busy with siblings.
         let mut reader = Segmenter::new(file);
         while let Some(segment) = reader.next_segment().map_err(io_err(path))? {
-            consume(segment);
+            reader.spare = Some(consume(segment));
         }
     } else {
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::sync_channel::<Segment>(1);
+            let (give_back, spares) = mpsc::channel::<Vec<u8>>();
             let producer = scope.spawn(move || -> io::Result<()> {
                 let mut reader = Segmenter::new(file);
-                while let Some(segment) = reader.next_segment()? {
+                loop {
+                    reader.spare = spares.try_recv().ok();
+                    let Some(segment) = reader.next_segment()? else { break };
                     if tx.send(segment).is_err() {
                         break;
                     }
                 }
                 Ok(())
             });
-            rx.into_iter().for_each(&mut consume);
+            for segment in rx {
+                let data = consume(segment);
+                let _ = give_back.send(data);
+            }
             producer.join().expect("packing reader thread panicked").map_err(io_err(path))
         })?;
     }
@@ -257,51 +264,73 @@ struct Segmenter<R> {
     reader: R,
     carry: Vec<u8>,
     eof: bool,
+    /// A buffer handed back by the consumer, to reuse.
+    spare: Option<Vec<u8>>,
 }
 
 impl<R: Read> Segmenter<R> {
     fn new(reader: R) -> Self {
-        Self { reader, carry: Vec::new(), eof: false }
+        Self { reader, carry: Vec::new(), eof: false, spare: None }
     }
 
     fn next_segment(&mut self) -> io::Result<Option<Segment>> {
         if self.eof && self.carry.is_empty() {
             return Ok(None);
         }
-        let mut data = std::mem::take(&mut self.carry);
-        let start = data.len();
-        data.resize(start + SEGMENT, 0);
-        let mut filled = start;
-        while filled < data.len() {
-            match self.reader.read(&mut data[filled..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        // A recycled buffer keeps its pages: no page faults per segment. And
+        // read_to_end reads into spare capacity without zeroing it first.
+        let mut data = self.spare.take().unwrap_or_default();
+        data.clear();
+        data.reserve(self.carry.len() + SEGMENT);
+        data.extend_from_slice(&self.carry);
+        let want = SEGMENT as u64;
+        let got = (&mut self.reader).take(want).read_to_end(&mut data)?;
+        if (got as u64) < want {
+            self.eof = true;
         }
-        data.truncate(filled);
         if data.is_empty() {
             return Ok(None);
         }
-        let chunker = fastcdc::v2020::FastCDC::new(&data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
-        let mut cuts = Vec::with_capacity(data.len() / CHUNK_AVG + 1);
+        let ends = find_cuts(&data, self.eof);
+        let mut cuts = Vec::with_capacity(ends.len());
         let mut consumed = 0;
-        while consumed < data.len() {
-            let remaining = data.len() - consumed;
-            if !self.eof && remaining < CHUNK_MAX {
-                break; // not enough look-ahead: the cut could move
-            }
-            let (_, end) = chunker.cut(consumed, remaining);
+        for end in ends {
             cuts.push((consumed, end - consumed));
             consumed = end;
         }
-        self.carry = data[consumed..].to_vec();
+        self.carry.clear();
+        self.carry.extend_from_slice(&data[consumed..]);
         Ok(Some(Segment { data, consumed, cuts }))
     }
+}
+
+/// The end offsets of the chunks of `data` whose boundaries are final: all
+/// of them at end of file, else those decided with `CHUNK_MAX` bytes of
+/// look-ahead.
+///
+/// Cutting stays on one thread: measured on 2 cores, splitting a segment in
+/// two halves (cut separately, then re-synchronised) was slower (1.5 vs
+/// 1.65 GB/s), because hashing the previous segment already uses the other
+/// core.
+fn find_cuts(data: &[u8], eof: bool) -> Vec<usize> {
+    let chunker = fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
+    cuts_from(&chunker, data.len(), 0, eof)
+}
+
+/// Cuts sequentially from `start` until the data or the look-ahead runs out.
+fn cuts_from(chunker: &fastcdc::v2020::FastCDC<'_>, len: usize, start: usize, eof: bool) -> Vec<usize> {
+    let mut ends = Vec::with_capacity((len - start) / CHUNK_AVG + 1);
+    let mut pos = start;
+    while pos < len {
+        let remaining = len - pos;
+        if !eof && remaining < CHUNK_MAX {
+            break; // not enough look-ahead: the cut could move
+        }
+        let (_, end) = chunker.cut(pos, remaining);
+        ends.push(end);
+        pos = end;
+    }
+    ends
 }
 
 #[cfg(test)]
