@@ -32,14 +32,16 @@ impl Stack {
         let database_url = ferry_testkit::fresh_database().await.expect("database");
         let meta = ferry_store::connect(&database_url, 8).expect("pool");
         meta.migrate().await.expect("migrations");
-        let client = Blobs::client_from_settings(&S3Settings {
-            endpoint: Some(s3.endpoint.clone()),
-            region: s3.region.clone(),
-            access_key_id: s3.access_key_id.clone(),
-            secret_access_key: s3.secret_access_key.clone(),
-            force_path_style: true,
-        });
-        let blobs = Blobs::new(client, bucket);
+        let blobs = Blobs::from_settings(
+            &S3Settings {
+                endpoint: Some(s3.endpoint.clone()),
+                region: s3.region.clone(),
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.clone(),
+                force_path_style: true,
+            },
+            bucket,
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let scheme = if tls.is_some() { "https://localhost" } else { "http://127.0.0.1" };

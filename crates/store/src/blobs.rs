@@ -9,10 +9,16 @@
 //! when the API requires them) and use path-style addressing by default, so
 //! the same code works against AWS S3, MinIO, Garage and Ceph.
 
+use std::time::{Duration, SystemTime};
+
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::ProvideCredentials;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
@@ -24,6 +30,8 @@ use crate::error::StoreError;
 /// Part size of multipart uploads when assembling large files (S3 wants at
 /// least 5 MiB for all parts but the last).
 const PART_SIZE: usize = 8 * 1024 * 1024;
+/// SigV4 presigned URLs live at most a week.
+const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Chunks fetched ahead while assembling a file.
 const ASSEMBLY_PREFETCH: usize = 16;
 
@@ -50,31 +58,38 @@ pub fn file_key(hash: &Hash) -> String {
 pub struct Blobs {
     client: Client,
     bucket: String,
+    /// The credentials the client signs with, to bound presigned URLs by
+    /// their expiry.
+    credentials: Option<SharedCredentialsProvider>,
 }
 
 impl Blobs {
-    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
-        Self { client, bucket: bucket.into() }
-    }
-
-    /// A client from the AWS SDK's standard environment (`AWS_ENDPOINT_URL_S3`,
+    /// A handle from the AWS SDK's standard environment (`AWS_ENDPOINT_URL_S3`,
     /// `AWS_REGION`, the credentials chain, ...).
-    pub async fn client_from_env(force_path_style: bool) -> Client {
+    pub async fn from_env(bucket: impl Into<String>, force_path_style: bool) -> Self {
         let shared = aws_config::load_from_env().await;
-        Client::from_conf(portable(aws_sdk_s3::config::Builder::from(&shared), force_path_style).build())
+        let client = Client::from_conf(portable(aws_sdk_s3::config::Builder::from(&shared), force_path_style).build());
+        Self { client, bucket: bucket.into(), credentials: shared.credentials_provider() }
     }
 
-    /// A client from explicit settings (tests, tools).
-    pub fn client_from_settings(s: &S3Settings) -> Client {
-        let creds = Credentials::new(&s.access_key_id, &s.secret_access_key, None, None, "ferry-settings");
+    /// A handle from explicit settings (tests, tools).
+    pub fn from_settings(s: &S3Settings, bucket: impl Into<String>) -> Self {
+        let creds = SharedCredentialsProvider::new(Credentials::new(
+            &s.access_key_id,
+            &s.secret_access_key,
+            None,
+            None,
+            "ferry-settings",
+        ));
         let mut builder = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(Region::new(s.region.clone()))
-            .credentials_provider(creds);
+            .credentials_provider(creds.clone());
         if let Some(endpoint) = &s.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
-        Client::from_conf(portable(builder, s.force_path_style).build())
+        let client = Client::from_conf(portable(builder, s.force_path_style).build());
+        Self { client, bucket: bucket.into(), credentials: Some(creds) }
     }
 
     pub fn client(&self) -> &Client {
@@ -193,6 +208,43 @@ impl Blobs {
             }
         }
         result
+    }
+
+    /// A presigned GET URL for one assembled file, valid for `lifetime` but
+    /// never past the expiry of the credentials that sign it (a URL cannot
+    /// outlive them). Returns the URL and when it expires.
+    pub async fn presign_file(&self, hash: &Hash, lifetime: Duration) -> Result<(String, SystemTime), StoreError> {
+        let now = SystemTime::now();
+        let mut lifetime = lifetime.min(MAX_PRESIGN);
+        if let Some(provider) = &self.credentials {
+            let creds = provider
+                .provide_credentials()
+                .await
+                .map_err(|e| StoreError::Unavailable { what: "s3 credentials", source: Box::new(e) })?;
+            if let Some(expiry) = creds.expiry() {
+                lifetime = lifetime.min(expiry.duration_since(now).unwrap_or_default());
+            }
+        }
+        if lifetime < Duration::from_secs(1) {
+            return Err(StoreError::Unavailable {
+                what: "s3 credentials",
+                source: "credentials are about to expire".into(),
+            });
+        }
+        let config = PresigningConfig::builder()
+            .start_time(now)
+            .expires_in(lifetime)
+            .build()
+            .map_err(|e| StoreError::Backend { what: "presigning", source: Box::new(e) })?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(file_key(hash))
+            .presigned(config)
+            .await
+            .map_err(|e| StoreError::Backend { what: "presigning", source: Box::new(e) })?;
+        Ok((request.uri().to_owned(), now + lifetime))
     }
 
     /// Reads a whole assembled file (tools and tests; clients use presigned

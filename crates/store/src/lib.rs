@@ -5,11 +5,13 @@
 //! or who is allowed to do what (services decide that).
 
 mod blobs;
+mod changes;
 mod error;
 mod keys;
 mod meta;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
+pub use changes::{Change, listen};
 pub use error::StoreError;
 pub use keys::{ApiKey, KeyRole, TokenError};
-pub use meta::{Authenticated, CommitOutcome, DeployOutcome, Meta, connect};
+pub use meta::{AppReleases, Authenticated, CommitOutcome, DeployOutcome, KeyRecord, Meta, ReleaseRow, connect};

@@ -48,6 +48,52 @@ pub struct Authenticated {
     pub role: KeyRole,
 }
 
+/// A live API key as stored.
+#[derive(Clone)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub tenant_id: i64,
+    pub tenant: Name,
+    pub role: KeyRole,
+    secret_hash: [u8; 32],
+}
+
+impl KeyRecord {
+    /// Whether `key` is this key (same id, role and secret), in constant
+    /// time for the secret.
+    pub fn check(&self, key: &ApiKey) -> Option<Authenticated> {
+        (key.id == self.key_id && key.role == self.role && key.matches(&self.secret_hash)).then(|| Authenticated {
+            key_id: self.key_id.clone(),
+            tenant_id: self.tenant_id,
+            tenant: self.tenant.clone(),
+            role: self.role,
+        })
+    }
+}
+
+impl std::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRecord").field("key_id", &self.key_id).field("tenant", &self.tenant).finish_non_exhaustive()
+    }
+}
+
+/// An app's releases.
+#[derive(Debug, Clone)]
+pub struct AppReleases {
+    pub app_id: i64,
+    /// The deployed version, if any.
+    pub deployed: Option<String>,
+    /// In no particular order.
+    pub releases: Vec<ReleaseRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleaseRow {
+    pub version: String,
+    pub manifest_id: ManifestId,
+    pub published_at: std::time::SystemTime,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitOutcome {
@@ -143,23 +189,75 @@ impl Meta {
     /// Looks a key up; `None` when it is unknown, revoked or its secret is
     /// wrong (callers cannot tell which, on purpose).
     pub async fn authenticate(&self, key: &ApiKey) -> Result<Option<Authenticated>, StoreError> {
+        Ok(self.key_record(&key.id).await?.and_then(|record| record.check(key)))
+    }
+
+    /// The live (not revoked) key with this id, for callers that cache keys
+    /// and check secrets themselves.
+    pub async fn key_record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT k.tenant_id, t.name, k.role, k.secret_hash FROM api_keys k \
                  JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1 AND k.revoked_at IS NULL",
-                &[&key.id],
+                &[&key_id],
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let stored: &[u8] = row.get(3);
-        let role = KeyRole::parse(row.get(2));
-        if !key.matches(stored) || role != Some(key.role) {
-            return Ok(None);
-        }
+        let secret_hash = <[u8; 32]>::try_from(row.get::<_, &[u8]>(3))
+            .map_err(|_| StoreError::Integrity("stored key hash is not 32 bytes".into()))?;
+        let role = KeyRole::parse(row.get(2)).ok_or_else(|| StoreError::Integrity("stored key role".into()))?;
         let tenant =
             Name::parse("tenant", row.get(1)).map_err(|e| StoreError::Integrity(format!("stored tenant name: {e}")))?;
-        Ok(Some(Authenticated { key_id: key.id.clone(), tenant_id: row.get(0), tenant, role: key.role }))
+        Ok(Some(KeyRecord { key_id: key_id.to_owned(), tenant_id: row.get(0), tenant, role, secret_hash }))
+    }
+
+    /// Sets a tenant's request rate limit (used by gateways).
+    pub async fn set_limit(&self, tenant: &Name, per_second: f64, burst: u32) -> Result<(), StoreError> {
+        let tenant_id = self.tenant_id(tenant).await?;
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO tenant_limits (tenant_id, per_second, burst) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET per_second = $2, burst = $3, updated_at = now()",
+                &[&tenant_id, &per_second, &(burst as i32)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A tenant's rate limit, if one was set: (requests per second, burst).
+    pub async fn tenant_limit(&self, tenant_id: i64) -> Result<Option<(f64, u32)>, StoreError> {
+        let client = self.pool.get().await?;
+        let row =
+            client.query_opt("SELECT per_second, burst FROM tenant_limits WHERE tenant_id = $1", &[&tenant_id]).await?;
+        Ok(row.map(|r| (r.get(0), r.get::<_, i32>(1) as u32)))
+    }
+
+    /// An app's published releases and deployed version, as the gateway
+    /// needs them.
+    pub async fn app_releases(&self, tenant_id: i64, app: &Name) -> Result<Option<AppReleases>, StoreError> {
+        let client = self.pool.get().await?;
+        let Some(app_row) = client
+            .query_opt(
+                "SELECT a.id, r.version FROM apps a LEFT JOIN releases r ON r.id = a.deployed_release_id \
+                 WHERE a.tenant_id = $1 AND a.name = $2",
+                &[&tenant_id, &app.as_str()],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let app_id: i64 = app_row.get(0);
+        let rows =
+            client.query("SELECT version, manifest_id, created_at FROM releases WHERE app_id = $1", &[&app_id]).await?;
+        let mut releases = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = ManifestId::from_slice(row.get(1))
+                .ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))?;
+            releases.push(ReleaseRow { version: row.get(0), manifest_id: id, published_at: row.get(2) });
+        }
+        Ok(Some(AppReleases { app_id, deployed: app_row.get(1), releases }))
     }
 
     /// The manifest id of a published version, if there is one.

@@ -19,6 +19,15 @@ pub enum AdminCommand {
         #[arg(long, value_parser = ["agent", "client"])]
         role: String,
     },
+    /// Sets a tenant's rate limit at the access gateway: sustained requests
+    /// per second and burst size. Running gateways apply it within seconds.
+    SetLimit {
+        tenant: String,
+        #[arg(long)]
+        per_second: f64,
+        #[arg(long)]
+        burst: u32,
+    },
     /// Revokes a key, given its id (the 12 hex digits after the role) or the
     /// whole key.
     RevokeKey { key: String },
@@ -55,6 +64,17 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
                     id = key.id
                 ),
             });
+        }
+        AdminCommand::SetLimit { tenant, per_second, burst } => {
+            let tenant = name("tenant", &tenant)?;
+            if !(per_second.is_finite() && per_second > 0.0) {
+                anyhow::bail!("--per-second must be a positive number, got {per_second}");
+            }
+            if burst == 0 {
+                anyhow::bail!("--burst must be at least 1");
+            }
+            meta.set_limit(&tenant, per_second, burst).await?;
+            format!("tenant {tenant} may make {per_second} requests per second, bursts of {burst}")
         }
         AdminCommand::RevokeKey { key } => {
             let id = ApiKey::parse(&key).map(|k| k.id).unwrap_or(key);

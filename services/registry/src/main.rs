@@ -55,8 +55,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let tls = config.tls()?;
             let meta = ferry_store::connect(&config.database.database_url, config.database.db_max_connections)?;
             meta.migrate().await?;
-            let client = Blobs::client_from_env(config.s3_path_style).await;
-            let blobs = Blobs::new(client, &config.s3_bucket);
+            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
             if let Err(e) = blobs.ping().await {
                 tracing::warn!(bucket = %config.s3_bucket, error = %e, "s3 bucket is not reachable yet; serving anyway");
             }

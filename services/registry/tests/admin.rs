@@ -36,6 +36,10 @@ async fn admin_creates_tenants_apps_and_keys_and_revokes_them() {
     let auth = meta.authenticate(&key).await.unwrap().expect("key is valid");
     assert_eq!(auth.tenant, Name::parse("tenant", "acme").unwrap());
 
+    let limited = admin(&db, &["set-limit", "acme", "--per-second", "2.5", "--burst", "10"]);
+    assert!(limited.status.success(), "{}", text(&limited.stderr));
+    assert_eq!(meta.tenant_limit(auth.tenant_id).await.unwrap(), Some((2.5, 10)));
+
     let revoked = admin(&db, &["revoke-key", &key.id]);
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
     assert!(meta.authenticate(&key).await.unwrap().is_none(), "revoked keys stop working");
@@ -46,7 +50,9 @@ async fn admin_errors_name_the_problem() {
     let db = ferry_testkit::fresh_database().await.unwrap();
     assert!(admin(&db, &["create-tenant", "acme"]).status.success());
 
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
+        (&["set-limit", "acme", "--per-second", "0", "--burst", "5"], "--per-second must be a positive number"),
+        (&["set-limit", "globex", "--per-second", "10", "--burst", "5"], "tenant globex does not exist"),
         (&["create-tenant", "acme"], "tenant acme already exists"),
         (&["create-tenant", "Acme Corp"], "invalid tenant name"),
         (&["create-app", "globex", "crm"], "tenant globex does not exist"),

@@ -61,7 +61,7 @@ async fn run() -> anyhow::Result<()> {
         secret_access_key: s3.secret_access_key.clone(),
         force_path_style: true,
     };
-    let blobs = Blobs::new(Blobs::client_from_settings(&settings), &bucket);
+    let blobs = Blobs::from_settings(&settings, &bucket);
     let registry_port = env_port("FERRY_DEV_REGISTRY_PORT")?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", registry_port)).await?;
     let registry_url = format!("http://{}", listener.local_addr()?);

@@ -1,0 +1,109 @@
+//! Change notifications from PostgreSQL (`LISTEN ferry_changes`), for
+//! processes that cache what the database holds.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// Something cached may be stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A release of this app was published or its deployed version moved.
+    App(i64),
+    /// This API key changed (revoked).
+    Key(String),
+    /// This tenant's rate limit changed.
+    Limit(i64),
+    /// The listening connection was (re)established: changes may have been
+    /// missed, so everything cached is suspect.
+    Resync,
+}
+
+impl Change {
+    fn parse(payload: &str) -> Option<Self> {
+        let (kind, id) = payload.split_once(':')?;
+        match kind {
+            "app" => id.parse().ok().map(Change::App),
+            "key" => Some(Change::Key(id.to_owned())),
+            "limit" => id.parse().ok().map(Change::Limit),
+            _ => None,
+        }
+    }
+}
+
+/// Listens for changes until the receiver is dropped, reconnecting with
+/// back-off when the connection fails; each (re)connection first yields
+/// [`Change::Resync`].
+pub fn listen(database_url: &str) -> Result<mpsc::Receiver<Change>, tokio_postgres::Error> {
+    let config = tokio_postgres::Config::from_str(database_url)?;
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match config.connect(NoTls).await {
+                Ok((client, mut connection)) => {
+                    // A task drives the connection and hands notifications
+                    // over; it ends when the connection does.
+                    let (notes_tx, mut notes) = mpsc::unbounded_channel::<String>();
+                    tokio::spawn(async move {
+                        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        while let Some(message) = messages.next().await {
+                            match message {
+                                Ok(AsyncMessage::Notification(n)) => {
+                                    if notes_tx.send(n.payload().to_owned()).is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "change listener lost its connection");
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                    match client.batch_execute("LISTEN ferry_changes").await {
+                        Ok(()) => {
+                            if tx.send(Change::Resync).await.is_err() {
+                                return;
+                            }
+                            backoff = Duration::from_millis(200);
+                            while let Some(payload) = notes.recv().await {
+                                if let Some(change) = Change::parse(&payload)
+                                    && tx.send(change).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "change listener cannot LISTEN"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "change listener cannot connect"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_payloads() {
+        assert_eq!(Change::parse("app:42"), Some(Change::App(42)));
+        assert_eq!(Change::parse("key:0123456789ab"), Some(Change::Key("0123456789ab".into())));
+        assert_eq!(Change::parse("limit:7"), Some(Change::Limit(7)));
+        assert_eq!(Change::parse("app:x"), None);
+        assert_eq!(Change::parse("nonsense"), None);
+    }
+}
