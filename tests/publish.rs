@@ -11,6 +11,14 @@ use ferry_store::KeyRole;
 use ferry_testkit::Relay;
 use tonic::Code;
 
+/// A raw gRPC request with an agent key, for tests that speak the protocol
+/// directly.
+fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
 fn code(err: &AgentError) -> Option<Code> {
     match err {
         AgentError::Rpc { code, .. } => Some(*code),
@@ -127,11 +135,6 @@ async fn corrupt_chunk_is_rejected_and_nothing_is_committed() {
     let manifest = pack("1.0.0".parse().unwrap(), &[spec], &|_| {}).unwrap();
 
     let mut client = pb::registry_client::RegistryClient::connect(stack.url.clone()).await.unwrap();
-    fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        req
-    }
     let prepared = client
         .prepare_release(authed(
             &token,
@@ -358,4 +361,77 @@ async fn registry_keeps_the_manifest_of_every_version() {
         assert_eq!(manifest.version.to_string(), version);
         assert_eq!(manifest.artifacts.len(), 3);
     }
+}
+
+/// A tenant cannot point a release at another tenant's file by naming its
+/// hash: its own chunks must rebuild the file, or the commit is refused as
+/// bad input (and says nothing about whether the file exists).
+#[tokio::test]
+async fn release_cannot_claim_another_tenants_file_by_hash() {
+    let stack = Stack::start().await;
+    let acme = stack.tenant("acme").await;
+    let globex = stack.tenant("globex").await;
+    let secret = tempfile::tempdir().unwrap();
+    let apk = secret.path().join("crm.apk");
+    std::fs::write(&apk, noise(300_000, 21)).unwrap();
+    stack.publish(&globex, "globex", "1.0.0", &[("mobile", apk.as_path())]).await.unwrap();
+    let globex_file = blake3::hash(&std::fs::read(&apk).unwrap());
+
+    // acme packs a file of the same size, then claims globex's hash for it.
+    let mine = tempfile::tempdir().unwrap();
+    let fake = mine.path().join("crm.apk");
+    std::fs::write(&fake, noise(300_000, 22)).unwrap();
+    let spec = ArtifactSpec::parse(&format!("mobile={}", fake.display())).unwrap();
+    let mut manifest = pack("1.0.0".parse().unwrap(), &[spec], &|_| {}).unwrap();
+    manifest.artifacts[0].files[0].hash = globex_file;
+
+    let mut client = pb::registry_client::RegistryClient::connect(stack.url.clone()).await.unwrap();
+    let prepared = client
+        .prepare_release(authed(
+            &acme,
+            pb::PrepareReleaseRequest { tenant: "acme".into(), app: "crm".into(), manifest: manifest.encode() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let data = std::fs::read(&fake).unwrap();
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    for c in &manifest.artifacts[0].files[0].chunks {
+        chunks
+            .push(pb::Chunk { hash: c.hash.as_bytes().to_vec(), data: data[offset..offset + c.len as usize].to_vec() });
+        offset += c.len as usize;
+    }
+    let upload = pb::UploadChunksRequest { tenant: "acme".into(), chunks };
+    client.upload_chunks(authed(&acme, futures::stream::iter(vec![upload]))).await.unwrap();
+    let commit = pb::CommitReleaseRequest {
+        tenant: "acme".into(),
+        app: "crm".into(),
+        manifest_id: prepared.manifest_id,
+        deploy: false,
+    };
+    let status = client.commit_release(authed(&acme, commit)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("rebuild"), "{}", status.message());
+    let app_id = stack.app_id("acme").await;
+    assert_eq!(stack.meta.release_manifest(app_id, "1.0.0").await.unwrap(), None);
+}
+
+/// Two agents publishing and deploying different versions of one app at the
+/// same time both succeed, and the app ends up deployed at one of them.
+#[tokio::test]
+async fn concurrent_publishes_with_deploy_both_succeed() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let (a, b) = (Release::new(200_000, 31), Release::new(200_000, 32));
+    let conn = stack.connection(&token);
+    let (artifacts_a, artifacts_b) = (a.artifacts(), b.artifacts());
+    let (ra, rb) = tokio::join!(
+        publish_to(&conn, "acme", "1.0.0", &artifacts_a, true),
+        publish_to(&conn, "acme", "2.0.0", &artifacts_b, true),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let deployed = stack.meta.deployed_version(stack.app_id("acme").await).await.unwrap();
+    assert!(matches!(deployed.as_deref(), Some("1.0.0" | "2.0.0")), "{deployed:?}");
 }

@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["ferry/registry/v1/registry.proto"];
+    let files = ["ferry/registry/v1/registry.proto", "ferry/gateway/v1/gateway.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

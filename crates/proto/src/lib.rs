@@ -15,5 +15,12 @@ pub mod registry {
     }
 }
 
+pub mod gateway {
+    pub mod v1 {
+        #![allow(unreachable_pub, clippy::all)]
+        tonic::include_proto!("ferry.gateway.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every Ferry proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");

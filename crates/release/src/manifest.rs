@@ -29,9 +29,13 @@ pub type Hash = blake3::Hash;
 
 const MAGIC: &[u8; 8] = b"FERRYMF\x01";
 
-/// The largest manifest a registry accepts: about 1.8 million chunks, i.e.
-/// roughly 100 GiB of artifacts in one release.
-pub const MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
+/// The largest manifest a registry accepts: about 460,000 chunks, i.e.
+/// roughly 28 GiB of artifacts in one release.
+pub const MAX_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Preallocation cap while decoding: counts come from untrusted bytes, and
+/// an item in memory is far larger than its smallest encoding.
+const PREALLOC: usize = 1024;
 
 const MAX_PATH_LEN: usize = 4096;
 
@@ -248,7 +252,7 @@ impl Manifest {
             return invalid(format!("version {version_str:?} is not in canonical form"));
         }
         let n_artifacts = r.count()?;
-        let mut artifacts = Vec::with_capacity(n_artifacts);
+        let mut artifacts = Vec::with_capacity(n_artifacts.min(PREALLOC));
         for _ in 0..n_artifacts {
             let name = name(r.str()?, "artifact")?;
             let kind = match r.take(1)?[0] {
@@ -257,19 +261,19 @@ impl Manifest {
                 other => return invalid(format!("artifact {:?} has unknown kind {other}", name.as_str())),
             };
             let n_platforms = r.count()?;
-            let mut platforms = Vec::with_capacity(n_platforms);
+            let mut platforms = Vec::with_capacity(n_platforms.min(PREALLOC));
             for _ in 0..n_platforms {
                 platforms.push(self::name(r.str()?, "platform")?);
             }
             let n_files = r.count()?;
-            let mut files = Vec::with_capacity(n_files);
+            let mut files = Vec::with_capacity(n_files.min(PREALLOC));
             for _ in 0..n_files {
                 let path = RelPath::parse(r.str()?)?;
                 let size = r.int()?;
                 let mode = u32::try_from(r.int()?).map_err(|_| ManifestError::IntOverflow)?;
                 let hash = r.hash()?;
                 let n_chunks = r.count()?;
-                let mut chunks = Vec::with_capacity(n_chunks);
+                let mut chunks = Vec::with_capacity(n_chunks.min(PREALLOC));
                 for _ in 0..n_chunks {
                     let len = u32::try_from(r.int()?).map_err(|_| ManifestError::IntOverflow)?;
                     chunks.push(ChunkRef { len, hash: r.hash()? });
@@ -481,6 +485,17 @@ mod tests {
         m.artifacts.reverse();
         let e = Manifest::decode(&m.encode()).unwrap_err().to_string();
         assert!(e.contains("duplicated or out of order"), "{e}");
+    }
+
+    #[test]
+    fn huge_counts_do_not_allocate_before_failing() {
+        // Magic, version, then a count of ~16 million artifacts with nothing
+        // behind them: must fail cleanly, not reserve gigabytes.
+        let mut bytes = MAGIC.to_vec();
+        put_str(&mut bytes, "1.0.0");
+        put_int(&mut bytes, 16_000_000);
+        bytes.resize(bytes.len() + 16_000_000, 0);
+        assert!(Manifest::decode(&bytes).is_err());
     }
 
     #[test]

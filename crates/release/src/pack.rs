@@ -82,6 +82,8 @@ pub enum PackError {
     NotUtf8 { path: PathBuf },
     #[error("{path}: symbolic link points outside the artifact directory")]
     SymlinkEscapes { path: PathBuf },
+    #[error("{path}: symbolic link to one of its own parent directories")]
+    SymlinkLoop { path: PathBuf },
     #[error("{path}: not a regular file or directory")]
     Special { path: PathBuf },
     #[error("{path}: {source}")]
@@ -149,30 +151,34 @@ fn pack_artifact(spec: &ArtifactSpec, progress: &(dyn Fn(u64) + Sync)) -> Result
 fn walk(root: &Path) -> Result<Vec<(RelPath, PathBuf)>, PackError> {
     let canonical_root = fs::canonicalize(root).map_err(io_err(root))?;
     let mut out = Vec::new();
-    let mut visited = HashSet::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let real = fs::canonicalize(&dir).map_err(io_err(&dir))?;
-        if !visited.insert(real) {
-            continue; // a link back to a directory already listed
-        }
+    // Each directory to list, with its real path: a link to a directory is
+    // followed like a directory (every path it shows is packed), except a
+    // link back to one of its own ancestors, which would never end.
+    let mut stack = vec![(root.to_path_buf(), vec![canonical_root.clone()], String::new())];
+    while let Some((dir, ancestors, prefix)) = stack.pop() {
+        let real_dir = ancestors.last().expect("the directory itself").clone();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
             let path = entry.path();
             let name = entry.file_name().into_string().map_err(|_| PackError::NotUtf8 { path: path.clone() })?;
             let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
             let file_type = entry.file_type().map_err(io_err(&path))?;
-            let meta = if file_type.is_symlink() {
+            let (meta, real) = if file_type.is_symlink() {
                 let target = fs::canonicalize(&path).map_err(io_err(&path))?;
                 if !target.starts_with(&canonical_root) {
                     return Err(PackError::SymlinkEscapes { path });
                 }
-                fs::metadata(&target).map_err(io_err(&path))?
+                (fs::metadata(&target).map_err(io_err(&path))?, target)
             } else {
-                entry.metadata().map_err(io_err(&path))?
+                (entry.metadata().map_err(io_err(&path))?, real_dir.join(entry.file_name()))
             };
             if meta.is_dir() {
-                stack.push((path, rel));
+                if ancestors.contains(&real) {
+                    return Err(PackError::SymlinkLoop { path });
+                }
+                let mut chain = ancestors.clone();
+                chain.push(real);
+                stack.push((path, chain, rel));
             } else if meta.is_file() {
                 let rel = RelPath::parse(&rel).map_err(|source| PackError::Path { path: path.clone(), source })?;
                 out.push((rel, path));
@@ -440,6 +446,32 @@ mod tests {
         let paths: Vec<_> = m.artifacts[0].files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["assets/app.js", "assets/img/logo.png", "default.html", "index.html"]);
         assert_eq!(m.artifacts[0].kind, ArtifactKind::Directory);
+    }
+
+    #[test]
+    fn linked_directories_are_packed_under_every_path_and_loops_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("v2")).unwrap();
+        fs::write(dir.path().join("v2/app.js"), b"js").unwrap();
+        std::os::unix::fs::symlink("v2", dir.path().join("current")).unwrap();
+        let spec =
+            ArtifactSpec { name: Name::parse("artifact", "web").unwrap(), platforms: vec![], path: dir.path().into() };
+        let m = pack("1.0.0".parse().unwrap(), std::slice::from_ref(&spec), &|_| {}).unwrap();
+        let paths: Vec<_> = m.artifacts[0].files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["current/app.js", "v2/app.js"]);
+
+        // A loop through a sibling: a/b -> ../c and c/d -> ../a.
+        fs::create_dir_all(dir.path().join("a")).unwrap();
+        fs::create_dir_all(dir.path().join("c")).unwrap();
+        std::os::unix::fs::symlink("../c", dir.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("../a", dir.path().join("c/d")).unwrap();
+        let err = pack("1.0.0".parse().unwrap(), std::slice::from_ref(&spec), &|_| {}).unwrap_err();
+        assert!(matches!(err, PackError::SymlinkLoop { .. }), "{err}");
+
+        fs::remove_file(dir.path().join("c/d")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("v2/up")).unwrap();
+        let err = pack("1.0.0".parse().unwrap(), &[spec], &|_| {}).unwrap_err();
+        assert!(matches!(err, PackError::SymlinkLoop { .. }), "{err}");
     }
 
     #[test]

@@ -128,25 +128,45 @@ impl Blobs {
         Ok(data)
     }
 
-    /// Rebuilds `file` from its chunks as `files/<hash>` (S3-4), streaming:
-    /// at most a part and the prefetched chunks are in memory. The object
-    /// appears only if the bytes hash to `file.hash`; otherwise nothing is
-    /// left behind.
-    pub async fn assemble_file(&self, file: &FileEntry) -> Result<(), StoreError> {
-        let key = file_key(&file.hash);
+    /// The file's chunks, fetched ahead in order.
+    fn chunks_of(&self, file: &FileEntry) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Send + use<> {
         let hashes: Vec<Hash> = file.chunks.iter().map(|c| c.hash).collect();
-        let mut chunks = futures::stream::iter(hashes)
-            .map(|hash| {
-                let this = self.clone();
+        let this = self.clone();
+        futures::stream::iter(hashes)
+            .map(move |hash| {
+                let this = this.clone();
                 async move { this.get_chunk(&hash).await }
             })
-            .buffered(ASSEMBLY_PREFETCH);
+            .buffered(ASSEMBLY_PREFETCH)
+    }
+
+    /// Checks that `file`'s chunks rebuild it (size and BLAKE3) without
+    /// writing anything: for a file someone else already assembled.
+    pub async fn verify_file(&self, file: &FileEntry) -> Result<(), StoreError> {
+        let mut chunks = std::pin::pin!(self.chunks_of(file));
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = chunks.try_next().await? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        verify(file, size, hasher.finalize())
+    }
+
+    /// Rebuilds `file` from its chunks as `files/<hash>` (S3-4), streaming:
+    /// at most a part and the prefetched chunks are in memory. The object
+    /// appears only if the bytes have the manifest's size and BLAKE3;
+    /// otherwise nothing is left behind and the answer is
+    /// [`StoreError::Mismatch`].
+    pub async fn assemble_file(&self, file: &FileEntry) -> Result<(), StoreError> {
+        let key = file_key(&file.hash);
+        let mut chunks = std::pin::pin!(self.chunks_of(file));
         if file.size <= PART_SIZE as u64 {
             let mut body = BytesMut::with_capacity(file.size as usize);
             while let Some(chunk) = chunks.try_next().await? {
                 body.extend_from_slice(&chunk);
             }
-            verify(file, blake3::hash(&body))?;
+            verify(file, body.len() as u64, blake3::hash(&body))?;
             return self.put(key, body.freeze()).await;
         }
         let upload = self
@@ -160,12 +180,14 @@ impl Blobs {
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
         let result = async {
             let mut hasher = blake3::Hasher::new();
+            let mut size = 0u64;
             let mut parts = Vec::new();
             let mut part = BytesMut::with_capacity(PART_SIZE + ferry_release::CHUNK_MAX);
             loop {
                 let next = chunks.try_next().await?;
                 if let Some(chunk) = &next {
                     hasher.update(chunk);
+                    size += chunk.len() as u64;
                     part.extend_from_slice(chunk);
                 }
                 if part.len() >= PART_SIZE || (next.is_none() && !part.is_empty()) {
@@ -187,7 +209,7 @@ impl Blobs {
                     break;
                 }
             }
-            verify(file, hasher.finalize())?;
+            verify(file, size, hasher.finalize())?;
             self.client
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
@@ -284,11 +306,11 @@ fn portable(builder: aws_sdk_s3::config::Builder, force_path_style: bool) -> aws
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
 }
 
-fn verify(file: &FileEntry, actual: Hash) -> Result<(), StoreError> {
-    if actual != file.hash {
-        return Err(StoreError::Integrity(format!(
-            "assembled {} hashes to {actual}, manifest says {}",
-            file.path, file.hash
+fn verify(file: &FileEntry, size: u64, actual: Hash) -> Result<(), StoreError> {
+    if size != file.size || actual != file.hash {
+        return Err(StoreError::Mismatch(format!(
+            "the chunks of {} rebuild {size} bytes hashing to {actual}, but the manifest says {} bytes hashing to {}",
+            file.path, file.size, file.hash
         )));
     }
     Ok(())
@@ -301,13 +323,13 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             StoreError::Unavailable { what: "s3", source: Box::new(err) }
         }
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
             let code = service.err().code().unwrap_or("").to_owned();
-            if status >= 500 {
+            if status >= 500 || status == 429 || matches!(code.as_str(), "SlowDown" | "RequestTimeout" | "Throttling") {
                 StoreError::Unavailable { what: "s3", source: Box::new(err) }
             } else if status == 404 || code == "NoSuchKey" {
                 StoreError::NotFound(format!("{what}: object not found"))

@@ -14,6 +14,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// What a caller sent does not add up (chunks that do not rebuild the
+    /// file they claim to): the caller's fault.
+    #[error("{0}")]
+    Mismatch(String),
     /// Bytes read back do not hash to what they should: corruption in the
     /// store or a bug, never the caller's fault.
     #[error("integrity check failed: {0}")]
@@ -29,9 +33,15 @@ pub enum StoreError {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // A closed connection or an I/O error means the database is not
-        // there; anything else (constraint, syntax) is a real failure.
+        // there; so do the SQL states that say "try again": connection
+        // (08), rollback such as deadlock or serialization (40), resources
+        // (53), shutdown (57P01-03). Anything else is a real failure.
         let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-        if e.is_closed() || io {
+        let transient = e.code().is_some_and(|c| {
+            let c = c.code();
+            c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57P0")
+        });
+        if e.is_closed() || io || transient {
             StoreError::Unavailable { what: "postgresql", source: Box::new(e) }
         } else {
             StoreError::Backend { what: "postgresql query", source: Box::new(e) }

@@ -309,13 +309,6 @@ impl Meta {
         Ok(held)
     }
 
-    /// Whether the chunk's bytes are in S3 already (for any tenant).
-    pub async fn chunk_stored(&self, hash: &Hash) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client.query_opt("SELECT 1 FROM chunks WHERE hash = $1", &[&hash.as_bytes().as_slice()]).await?;
-        Ok(row.is_some())
-    }
-
     /// Records that a chunk is in S3 and that the tenant holds it. Returns
     /// whether the tenant did not hold it before.
     pub async fn record_chunk(&self, tenant_id: i64, hash: &Hash, size: u32) -> Result<bool, StoreError> {
@@ -334,7 +327,7 @@ impl Meta {
         Ok(n == 1)
     }
 
-    /// Which of `hashes` are assembled in S3 as whole files.
+    /// Which of `hashes` are assembled in S3 as whole files (by anyone).
     pub async fn files_stored(&self, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
         let client = self.pool.get().await?;
         let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
@@ -342,16 +335,30 @@ impl Meta {
         Ok(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes).collect())
     }
 
-    /// Records that a whole file is assembled in S3.
-    pub async fn record_file(&self, hash: &Hash, size: u64) -> Result<(), StoreError> {
+    /// Which of `hashes` this tenant has proved it can rebuild.
+    pub async fn tenant_files(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
         let client = self.pool.get().await?;
-        let size = i64::try_from(size).map_err(|_| StoreError::Integrity("file size overflows".into()))?;
-        client
-            .execute(
-                "INSERT INTO files (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&hash.as_bytes().as_slice(), &size],
-            )
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
+        let rows = client
+            .query("SELECT hash FROM tenant_files WHERE tenant_id = $1 AND hash = ANY($2)", &[&tenant_id, &keys])
             .await?;
+        Ok(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes).collect())
+    }
+
+    /// Records that a whole file is assembled in S3 and that the tenant's
+    /// chunks rebuild it.
+    pub async fn record_file(&self, tenant_id: i64, hash: &Hash, size: u64) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let size = i64::try_from(size).map_err(|_| StoreError::Integrity("file size overflows".into()))?;
+        let key = hash.as_bytes().as_slice();
+        let tx = client.transaction().await?;
+        tx.execute("INSERT INTO files (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&key, &size]).await?;
+        tx.execute(
+            "INSERT INTO tenant_files (tenant_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&tenant_id, &key],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -435,12 +442,14 @@ async fn record_deploy(
     app_id: i64,
     release_id: i64,
 ) -> Result<Option<String>, StoreError> {
-    // FOR UPDATE serialises concurrent deploys of one app, so "previous" is
-    // exact and the history order matches the pointer.
+    // The row lock serialises concurrent deploys of one app, so "previous"
+    // is exact and the history order matches the pointer. NO KEY UPDATE:
+    // inserting a release holds KEY SHARE on the app row, which a plain
+    // FOR UPDATE would deadlock against.
     let previous = tx
         .query_one(
             "SELECT r.version FROM apps a LEFT JOIN releases r ON r.id = a.deployed_release_id \
-             WHERE a.id = $1 FOR UPDATE OF a",
+             WHERE a.id = $1 FOR NO KEY UPDATE OF a",
             &[&app_id],
         )
         .await?

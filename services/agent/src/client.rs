@@ -21,7 +21,7 @@ type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, toni
 pub type RegistryClient = registry_client::RegistryClient<InterceptedService<Channel, Auth>>;
 
 /// Where and how to reach the registry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connection {
     /// `http://host:port` or `https://host:port`.
     pub url: String,
@@ -31,6 +31,12 @@ pub struct Connection {
     pub ca_cert: Option<std::path::PathBuf>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("url", &self.url).field("ca_cert", &self.ca_cert).finish_non_exhaustive()
+    }
+}
+
 impl Connection {
     /// Connects (eagerly, so a registry that is down is reported as such).
     pub async fn connect(&self) -> Result<RegistryClient, AgentError> {
@@ -38,6 +44,9 @@ impl Connection {
         let tls = if self.url.starts_with("https://") {
             true
         } else if self.url.starts_with("http://") {
+            if !is_loopback(&self.url) {
+                tracing::warn!(url = %self.url, "plain http: the agent token crosses the network unencrypted; use https://");
+            }
             false
         } else {
             return Err(url_err("must start with http:// or https://"));
@@ -69,6 +78,11 @@ impl Connection {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
+}
+
+fn is_loopback(url: &str) -> bool {
+    let host = url.trim_start_matches("http://").split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.starts_with("127.") || url.starts_with("http://[::1]")
 }
 
 fn read_ca(path: &Path) -> Result<Certificate, AgentError> {

@@ -16,6 +16,9 @@ pub(crate) enum RegistryError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's stream broke off; whatever arrived is kept.
+    #[error("{0}")]
+    Aborted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -28,10 +31,12 @@ impl ServiceError for RegistryError {
             Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Self::Aborted(_) => ErrorKind::Unavailable,
             Self::Store(e) => match e {
                 StoreError::Unavailable { .. } => ErrorKind::Unavailable,
                 StoreError::NotFound(_) => ErrorKind::NotFound,
                 StoreError::Conflict(_) => ErrorKind::AlreadyExists,
+                StoreError::Mismatch(_) => ErrorKind::InvalidArgument,
                 StoreError::Integrity(_) | StoreError::Backend { .. } => ErrorKind::Internal,
             },
         }

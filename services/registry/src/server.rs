@@ -8,7 +8,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::service::{Registry, require_bearer};
 
-/// The largest gRPC message accepted: a manifest of up to 64 MiB plus
+/// The largest gRPC message accepted: a manifest of up to 16 MiB plus
 /// framing. Chunk messages are far smaller; callers without a well-formed
 /// key are refused before their message is read.
 const MAX_MESSAGE_BYTES: usize = ferry_release::MAX_MANIFEST_BYTES + 1024 * 1024;
@@ -40,6 +40,7 @@ pub async fn serve(
     let service = tonic::service::interceptor::InterceptedService::new(service, require_bearer);
 
     let mut builder = Server::builder()
+        .concurrency_limit_per_connection(32)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {

@@ -8,8 +8,6 @@ use bytes::Bytes;
 use ferry_proto::registry::v1 as pb;
 use ferry_release::{CHUNK_MAX, Hash, Manifest, ManifestId, Name, parse_version};
 use ferry_store::{ApiKey, Authenticated, Blobs, KeyRole, Meta};
-use futures::stream::FuturesUnordered;
-use futures::{StreamExt, TryStreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info};
@@ -81,11 +79,7 @@ impl Registry {
         let version = manifest.version.to_string();
         if let Some(existing) = self.meta.release_manifest(app_id, &version).await? {
             if existing != id {
-                return Err(RegistryError::Store(ferry_store::StoreError::Conflict(format!(
-                    "version {version} of {}/{} is already published with different content (manifest {existing}); \
-                     versions are immutable, publish a new version instead",
-                    auth.tenant, req.app
-                ))));
+                return Err(conflict(&version, auth, &req.app, existing));
             }
             return Ok(pb::PrepareReleaseResponse {
                 manifest_id: id.0.to_vec(),
@@ -102,12 +96,13 @@ impl Registry {
         Ok(pb::PrepareReleaseResponse { manifest_id: id.0.to_vec(), missing_chunks: missing, already_published: false })
     }
 
-    /// Verifies and stores one chunk; returns whether the tenant gained it.
+    /// Stores one verified chunk; returns whether the tenant gained it. The
+    /// PUT happens even when the chunk is known: it is idempotent, and it
+    /// repairs an object lost from the bucket.
     async fn store_chunk(&self, tenant_id: i64, hash: Hash, data: Bytes) -> Result<bool, RegistryError> {
-        if !self.meta.chunk_stored(&hash).await? {
-            self.blobs.put_chunk(&hash, data.clone()).await?;
-        }
-        Ok(self.meta.record_chunk(tenant_id, &hash, data.len() as u32).await?)
+        let len = data.len() as u32;
+        self.blobs.put_chunk(&hash, data).await?;
+        Ok(self.meta.record_chunk(tenant_id, &hash, len).await?)
     }
 
     async fn upload(
@@ -120,21 +115,25 @@ impl Registry {
         };
         let auth = self.authorize(metadata, &first.tenant).await?;
         let mut response = pb::UploadChunksResponse::default();
-        let mut in_flight = FuturesUnordered::new();
+        // Spawned, so stores keep going while the next message is awaited
+        // (no half-done transaction waits on a slow client).
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut next = Some(first);
         while let Some(message) = next.take() {
             for chunk in message.chunks {
                 let (hash, data) = verify_chunk(chunk)?;
                 let len = data.len() as u64;
-                in_flight.push(async move { self.store_chunk(auth.tenant_id, hash, data).await.map(|new| (new, len)) });
-                if in_flight.len() >= STORE_CONCURRENCY {
-                    count(&mut response, in_flight.next().await.expect("non-empty")?);
+                let this = self.clone();
+                in_flight
+                    .spawn(async move { this.store_chunk(auth.tenant_id, hash, data).await.map(|new| (new, len)) });
+                while in_flight.len() >= STORE_CONCURRENCY {
+                    count(&mut response, joined(in_flight.join_next().await.expect("non-empty"))?);
                 }
             }
             next = stream.message().await.map_err(stream_error)?;
         }
-        while let Some(stored) = in_flight.try_next().await? {
-            count(&mut response, stored);
+        while let Some(stored) = in_flight.join_next().await {
+            count(&mut response, joined(stored)?);
         }
         info!(tenant = %auth.tenant, chunks = response.chunks_stored, bytes = response.bytes_stored, "chunks stored");
         Ok(response)
@@ -157,8 +156,10 @@ impl Registry {
         let manifest = Manifest::decode(&body)
             .map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(e.to_string())))?;
         let version = manifest.version.to_string();
-        if self.meta.release_manifest(app_id, &version).await? != Some(id) {
-            self.assemble(auth, &manifest).await?;
+        match self.meta.release_manifest(app_id, &version).await? {
+            Some(existing) if existing == id => {} // a retried commit: nothing to assemble
+            Some(existing) => return Err(conflict(&version, auth, &req.app, existing)),
+            None => self.assemble(auth, &manifest).await?,
         }
         let outcome = self.meta.commit_release(auth.tenant_id, app_id, &version, id, req.deploy).await?;
         info!(%version, manifest = %id, created = outcome.created, deployed = outcome.deployed, "release committed");
@@ -180,24 +181,31 @@ impl Registry {
         let mut seen = HashSet::new();
         let files: Vec<_> = manifest.files().filter(|f| seen.insert(f.hash)).collect();
         let hashes: Vec<Hash> = files.iter().map(|f| f.hash).collect();
-        let present = self.meta.files_stored(&hashes).await?;
-        let mut pending = files.into_iter().filter(|f| !present.contains(&f.hash)).cloned();
+        let proved = self.meta.tenant_files(auth.tenant_id, &hashes).await?;
+        let stored = self.meta.files_stored(&hashes).await?;
+        let mut pending = files.into_iter().filter(|f| !proved.contains(&f.hash)).cloned();
         // Spawned tasks, so assembling (hashing, S3 I/O) uses every core.
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             while tasks.len() < ASSEMBLE_CONCURRENCY {
                 let Some(file) = pending.next() else { break };
-                let this = self.clone();
+                let (this, tenant_id) = (self.clone(), auth.tenant_id);
+                // A file someone else assembled is only checked: this
+                // tenant's chunks must rebuild it before its release may use
+                // it, so a hash alone reveals or grants nothing.
+                let exists = stored.contains(&file.hash);
                 tasks.spawn(async move {
-                    this.blobs.assemble_file(&file).await?;
-                    this.meta.record_file(&file.hash, file.size).await?;
+                    if exists {
+                        this.blobs.verify_file(&file).await?;
+                    } else {
+                        this.blobs.assemble_file(&file).await?;
+                    }
+                    this.meta.record_file(tenant_id, &file.hash, file.size).await?;
                     Ok::<_, RegistryError>(())
                 });
             }
             match tasks.join_next().await {
-                Some(joined) => joined.map_err(|e| {
-                    RegistryError::Store(ferry_store::StoreError::Integrity(format!("assembly task failed: {e}")))
-                })??,
+                Some(done) => joined(done)?,
                 None => return Ok(()),
             }
         }
@@ -211,6 +219,19 @@ impl Registry {
         info!(%version, previous = ?outcome.previous, "deployed");
         Ok(pb::DeployResponse { version, previous_version: outcome.previous.unwrap_or_default() })
     }
+}
+
+/// The result of a spawned task; a panic is an internal error.
+fn joined<T>(result: Result<Result<T, RegistryError>, tokio::task::JoinError>) -> Result<T, RegistryError> {
+    result.map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(format!("task failed: {e}"))))?
+}
+
+fn conflict(version: &str, auth: &Authenticated, app: &str, existing: ManifestId) -> RegistryError {
+    RegistryError::Store(ferry_store::StoreError::Conflict(format!(
+        "version {version} of {}/{app} is already published with different content (manifest {existing}); \
+         versions are immutable, publish a new version instead",
+        auth.tenant
+    )))
 }
 
 fn count(response: &mut pb::UploadChunksResponse, (new, len): (bool, u64)) {
@@ -240,7 +261,7 @@ fn verify_chunk(chunk: pb::Chunk) -> Result<(Hash, Bytes), RegistryError> {
 }
 
 fn stream_error(status: Status) -> RegistryError {
-    RegistryError::InvalidArgument(format!("upload stream broke: {}", status.message()))
+    RegistryError::Aborted(format!("upload stream broke: {}", status.message()))
 }
 
 pub(crate) fn parse_name(what: &'static str, value: &str) -> Result<Name, RegistryError> {
