@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ferry_agent::{Connection, Progress, PublishRequest, PublishSummary};
+use ferry_gateway::{Gateway, GatewayConfig};
 use ferry_registry::{Registry, Tls};
 use ferry_release::{ArtifactSpec, Name};
 use ferry_store::{Blobs, KeyRole, Meta, S3Settings};
@@ -16,9 +17,27 @@ pub struct Stack {
     pub s3: S3Server,
     pub meta: Meta,
     pub blobs: Blobs,
+    pub database_url: String,
     pub addr: SocketAddr,
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
+}
+
+/// A gateway serving HTTP and gRPC in-process, following the stack's
+/// database for changes.
+pub struct GatewayHandle {
+    pub gateway: Gateway,
+    pub http: String,
+    pub grpc: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 impl Stack {
@@ -55,7 +74,41 @@ impl Stack {
             .await
             .expect("registry serves");
         });
-        Stack { s3, meta, blobs, addr, url, stop: Some(stop) }
+        Stack { s3, meta, blobs, database_url, addr, url, stop: Some(stop) }
+    }
+
+    /// Starts a gateway on this stack's database and bucket; returns once
+    /// it listens for change notifications (no change can be missed).
+    pub async fn gateway(&self, config: GatewayConfig) -> GatewayHandle {
+        let gateway = Gateway::new(self.meta.clone(), self.blobs.clone(), config);
+        let mut applied = gateway.applied();
+        gateway.follow(ferry_store::listen(&self.database_url).expect("listen"));
+        // The first thing a listener reports is that it is listening.
+        assert_eq!(applied.recv().await.unwrap(), ferry_store::Change::Resync);
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_url, grpc_url) =
+            (format!("http://{}", http.local_addr().unwrap()), format!("http://{}", grpc.local_addr().unwrap()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = gateway.clone();
+        tokio::spawn(async move {
+            ferry_gateway::serve(served, http, grpc, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("gateway serves");
+        });
+        GatewayHandle { gateway, http: http_url, grpc: grpc_url, stop: Some(stop) }
+    }
+
+    /// Issues another agent key for `tenant`.
+    pub async fn tenant_agent_key(&self, tenant: &str) -> String {
+        self.meta.issue_key(&Name::parse("tenant", tenant).unwrap(), KeyRole::Agent).await.unwrap().token()
+    }
+
+    /// Issues a client key for `tenant`.
+    pub async fn client_key(&self, tenant: &str) -> String {
+        self.meta.issue_key(&Name::parse("tenant", tenant).unwrap(), KeyRole::Client).await.unwrap().token()
     }
 
     /// Creates a tenant with an app `crm` and returns an agent key for it.

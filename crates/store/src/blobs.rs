@@ -236,7 +236,17 @@ impl Blobs {
     /// never past the expiry of the credentials that sign it (a URL cannot
     /// outlive them). Returns the URL and when it expires.
     pub async fn presign_file(&self, hash: &Hash, lifetime: Duration) -> Result<(String, SystemTime), StoreError> {
-        let now = SystemTime::now();
+        self.presign_file_from(hash, SystemTime::now(), lifetime).await
+    }
+
+    /// [`Blobs::presign_file`] with the signature's validity starting at
+    /// `now` (a past start makes an already expired URL, for tests).
+    pub async fn presign_file_from(
+        &self,
+        hash: &Hash,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(String, SystemTime), StoreError> {
         let mut lifetime = lifetime.min(MAX_PRESIGN);
         if let Some(provider) = &self.credentials {
             let creds = provider

@@ -1,0 +1,82 @@
+//! The gateway's configuration: flags, each with an environment variable,
+//! validated at start-up. Release data is read from PostgreSQL directly
+//! (`DATABASE_URL`; a read-only role suffices); S3 settings come from the AWS
+//! SDK's environment, as for the registry.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::core::GatewayConfig;
+use crate::limits::Rate;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// PostgreSQL connection string (the registry's database).
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Most PostgreSQL connections held open.
+    #[arg(long, env = "FERRY_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: usize,
+    /// HTTP listen address (apps, /healthz, /readyz, /metrics, /openapi.json).
+    #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// gRPC listen address (server-side clients, grpc.health.v1, reflection).
+    #[arg(long, env = "FERRY_GRPC_LISTEN", default_value = "0.0.0.0:50052")]
+    pub grpc_listen: SocketAddr,
+    /// Bucket holding the assembled files (the registry's).
+    #[arg(long, env = "FERRY_S3_BUCKET")]
+    pub s3_bucket: String,
+    /// Path-style S3 addressing; `false` for virtual-hosted style.
+    #[arg(long, env = "FERRY_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+    /// Lifetime of presigned URLs, in seconds (capped by the credentials').
+    #[arg(long, env = "FERRY_URL_TTL_SECONDS", default_value_t = 900)]
+    pub url_ttl_seconds: u64,
+    /// Longest a revoked key may still work if its change notice is lost.
+    #[arg(long, env = "FERRY_KEY_CACHE_SECONDS", default_value_t = 30)]
+    pub key_cache_seconds: u64,
+    /// Longest a publish or deploy may go unseen if its change notice is lost.
+    #[arg(long, env = "FERRY_RELEASE_CACHE_SECONDS", default_value_t = 60)]
+    pub release_cache_seconds: u64,
+    /// Default requests per second per tenant (`admin set-limit` overrides).
+    #[arg(long, env = "FERRY_TENANT_RATE", default_value_t = 1000.0)]
+    pub tenant_rate: f64,
+    /// Default burst per tenant.
+    #[arg(long, env = "FERRY_TENANT_BURST", default_value_t = 2000)]
+    pub tenant_burst: u32,
+    /// Requests per second per device (`X-Ferry-Device`).
+    #[arg(long, env = "FERRY_DEVICE_RATE", default_value_t = 1.0)]
+    pub device_rate: f64,
+    /// Burst per device.
+    #[arg(long, env = "FERRY_DEVICE_BURST", default_value_t = 10)]
+    pub device_burst: u32,
+}
+
+impl ServeConfig {
+    /// Validates and turns the settings into the gateway's tunables.
+    pub fn gateway_config(&self) -> anyhow::Result<GatewayConfig> {
+        if self.s3_bucket.trim().is_empty() {
+            anyhow::bail!("FERRY_S3_BUCKET is empty");
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.url_ttl_seconds) {
+            anyhow::bail!("FERRY_URL_TTL_SECONDS must be between 60 and 604800, got {}", self.url_ttl_seconds);
+        }
+        for (name, rate, burst) in [
+            ("FERRY_TENANT_RATE/FERRY_TENANT_BURST", self.tenant_rate, self.tenant_burst),
+            ("FERRY_DEVICE_RATE/FERRY_DEVICE_BURST", self.device_rate, self.device_burst),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) || burst == 0 {
+                anyhow::bail!("{name} must be a positive rate and a burst of at least 1");
+            }
+        }
+        Ok(GatewayConfig {
+            presign_lifetime: Duration::from_secs(self.url_ttl_seconds),
+            key_cache_ttl: Duration::from_secs(self.key_cache_seconds.max(1)),
+            release_cache_ttl: Duration::from_secs(self.release_cache_seconds.max(1)),
+            tenant_rate: Rate { per_second: self.tenant_rate, burst: self.tenant_burst },
+            device_rate: Rate { per_second: self.device_rate, burst: self.device_burst },
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! ferry-gateway: the access server apps talk to (S2-1). It authenticates a
+//! client key, rate-limits (S2-4), compares the client's version with the
+//! one deployed in its tenant's private cloud (S0-3) and answers with
+//! presigned S3 URLs for the target release (S0-4, S2-5). It never carries
+//! package bytes.
+
+pub mod config;
+mod core;
+mod error;
+mod grpc;
+mod http;
+mod limits;
+mod metrics;
+mod model;
+mod server;
+
+pub use crate::core::{CheckParams, Gateway, GatewayConfig};
+pub use error::GatewayError;
+pub use http::{openapi_json, router};
+pub use limits::Rate;
+pub use metrics::Metrics;
+pub use model::{Action, ArtifactFile, CheckAnswer, DeletedFile, ErrorBody, VersionInfo, VersionList};
+pub use server::serve;

@@ -1,0 +1,143 @@
+//! Rate limits (S2-4): GCRA per tenant (`admin set-limit`, else a default)
+//! and per device (`X-Ferry-Device`). Over a limit the answer is "retry
+//! later" with a jittered `Retry-After`, never an error of the server's.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_store::{Authenticated, Meta};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use moka::future::Cache;
+
+use crate::core::GatewayConfig;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+
+/// Longest device identifier accepted.
+const MAX_DEVICE_LEN: usize = 128;
+
+/// A sustained rate with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    fn quota(self) -> Quota {
+        let burst = NonZeroU32::new(self.burst.max(1)).expect("at least one");
+        let period = Duration::from_secs_f64(1.0 / self.per_second.max(1e-6));
+        Quota::with_period(period).unwrap_or_else(|| Quota::per_second(burst)).allow_burst(burst)
+    }
+}
+
+pub(crate) struct Limits {
+    meta: Meta,
+    default_tenant: Rate,
+    tenants: Cache<i64, Arc<DefaultDirectRateLimiter>>,
+    devices: Arc<DefaultKeyedRateLimiter<(i64, String)>>,
+    clock: DefaultClock,
+}
+
+impl Limits {
+    pub(crate) fn new(meta: Meta, config: &GatewayConfig) -> Self {
+        let devices = Arc::new(RateLimiter::keyed(config.device_rate.quota()));
+        // Forget devices that have been quiet long enough to be back at a
+        // full burst: the table stays as large as the active devices.
+        let weak = Arc::downgrade(&devices);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(devices) = weak.upgrade() else { return };
+                devices.retain_recent();
+                devices.shrink_to_fit();
+            }
+        });
+        Self {
+            meta,
+            default_tenant: config.tenant_rate,
+            tenants: Cache::builder().max_capacity(1_000_000).time_to_live(config.release_cache_ttl).build(),
+            devices,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    pub(crate) async fn invalidate(&self, tenant_id: i64) {
+        self.tenants.invalidate(&tenant_id).await;
+    }
+
+    pub(crate) fn invalidate_all(&self) {
+        self.tenants.invalidate_all();
+    }
+
+    /// Admits one request of `auth`'s tenant (and device), or says when to
+    /// retry.
+    pub(crate) async fn admit(
+        &self,
+        auth: &Authenticated,
+        device: Option<&str>,
+        metrics: &Metrics,
+    ) -> Result<(), GatewayError> {
+        let (meta, tenant_id, default) = (self.meta.clone(), auth.tenant_id, self.default_tenant);
+        let limiter = self
+            .tenants
+            .try_get_with(tenant_id, async move {
+                let rate = meta
+                    .tenant_limit(tenant_id)
+                    .await?
+                    .map_or(default, |(per_second, burst)| Rate { per_second, burst });
+                Ok::<_, ferry_store::StoreError>(Arc::new(RateLimiter::direct(rate.quota())))
+            })
+            .await?;
+        if let Err(not_until) = limiter.check() {
+            metrics.shed("tenant");
+            return Err(GatewayError::rate_limited("tenant", retry_after(not_until.wait_time_from(self.clock.now()))));
+        }
+        if let Some(device) = device.filter(|d| !d.is_empty()) {
+            if device.len() > MAX_DEVICE_LEN || !device.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(GatewayError::invalid("X-Ferry-Device", "must be 1 to 128 visible ASCII characters"));
+            }
+            if let Err(not_until) = self.devices.check_key(&(tenant_id, device.to_owned())) {
+                metrics.shed("device");
+                return Err(GatewayError::rate_limited(
+                    "device",
+                    retry_after(not_until.wait_time_from(self.clock.now())),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whole seconds to wait, plus up to half again (at least one second) of
+/// random jitter, so clients refused together do not return together.
+fn retry_after(wait: Duration) -> u64 {
+    let base = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let spread = (base / 2).max(1);
+    base + u64::from(getrandom::u32().unwrap_or(0)) % (spread + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_at_least_the_wait_and_jittered_within_bounds() {
+        for _ in 0..100 {
+            let s = retry_after(Duration::from_millis(2500));
+            assert!((3..=4).contains(&s), "{s}");
+            let s = retry_after(Duration::from_millis(10));
+            assert!((1..=2).contains(&s), "{s}");
+        }
+    }
+
+    #[test]
+    fn quota_allows_the_burst_then_refuses() {
+        let limiter = RateLimiter::direct(Rate { per_second: 0.001, burst: 3 }.quota());
+        assert!((0..3).all(|_| limiter.check().is_ok()));
+        assert!(limiter.check().is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! ferry-gateway: thin binary over the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferry_gateway::config::ServeConfig;
+use ferry_gateway::{Gateway, serve};
+use ferry_store::Blobs;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "ferry-gateway", version, about = "Tells apps which version to run and where to download it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serves HTTP and gRPC.
+    Serve(ServeConfig),
+    /// Prints the OpenAPI document of the HTTP API.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = match ferry_telemetry::init("ferry-gateway", "info") {
+        Ok(guard) => guard,
+        Err(e) => return fail(&e),
+    };
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Openapi => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", ferry_gateway::openapi_json());
+            }
+            Ok(())
+        }
+        Command::Serve(config) => {
+            let tunables = config.gateway_config()?;
+            let meta = ferry_store::connect(&config.database_url, config.db_max_connections)?;
+            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
+            let changes = ferry_store::listen(&config.database_url)?;
+            let gateway = Gateway::new(meta, blobs, tunables);
+            gateway.follow(changes);
+            let http = tokio::net::TcpListener::bind(config.listen).await?;
+            let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
+            info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, bucket = %config.s3_bucket, "gateway listening");
+            serve(gateway, http, grpc, shutdown_signal()).await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    info!("shutting down");
+}

@@ -1,0 +1,53 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    api: &'static str,
+    call: &'static str,
+    outcome: &'static str,
+}
+
+/// The gateway's counters.
+pub struct Metrics {
+    registry: Registry,
+    shed: Family<ShedLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ferry_gateway");
+        let shed = Family::<ShedLabels, Counter>::default();
+        registry.register("requests_shed", "Requests refused by a rate limit (429), by limit scope", shed.clone());
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered, by API, call and outcome", requests.clone());
+        Self { registry, shed, requests }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn shed(&self, scope: &'static str) {
+        self.shed.get_or_create(&ShedLabels { scope }).inc();
+    }
+
+    pub(crate) fn request(&self, api: &'static str, call: &'static str, outcome: &'static str) {
+        self.requests.get_or_create(&RequestLabels { api, call, outcome }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}

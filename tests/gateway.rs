@@ -1,0 +1,433 @@
+//! The access gateway end to end (S0-3, S0-4, S1-1…S1-4, S1-7, S2-1…S2-5):
+//! releases published by the agent through the registry, answered by the
+//! gateway over real HTTP and gRPC, downloaded from the real S3 server.
+
+use std::time::{Duration, SystemTime};
+
+use ferry_e2e::{GatewayHandle, Release, Stack, noise, publish_to};
+use ferry_gateway::{GatewayConfig, Rate};
+use ferry_release::Name;
+use ferry_store::Change;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<u64>,
+    body: Value,
+}
+
+async fn get(
+    gw: &GatewayHandle,
+    path: &str,
+    key: Option<&str>,
+    query: &[(&str, &str)],
+    device: Option<&str>,
+) -> Answer {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", gw.http)).query(query);
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    if let Some(device) = device {
+        req = req.header("X-Ferry-Device", device);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().parse().unwrap());
+    let body = resp.json().await.unwrap_or(Value::Null);
+    Answer { status, retry_after, body }
+}
+
+async fn check(gw: &GatewayHandle, key: &str, tenant: &str, version: &str, extra: &[(&str, &str)]) -> Answer {
+    let mut query = vec![("tenant", tenant), ("app", "crm"), ("version", version)];
+    query.extend_from_slice(extra);
+    get(gw, "/v1/check", Some(key), &query, None).await
+}
+
+/// Waits until the gateway has applied a change matching `pred`; the
+/// database announces every publish, deploy and revocation.
+async fn applied(gw: &GatewayHandle, mut rx: tokio::sync::broadcast::Receiver<Change>, pred: impl Fn(&Change) -> bool) {
+    let wait = async {
+        loop {
+            if pred(&rx.recv().await.unwrap()) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait).await.expect("change notification applied");
+    let _ = gw;
+}
+
+/// A tenant with versions 1.0.0 and 2.0.0 published and 2.0.0 deployed.
+async fn two_versions(stack: &Stack, tenant: &str) -> (Release, String) {
+    let token = stack.tenant(tenant).await;
+    let release = Release::new(300_000, 40);
+    let conn = stack.connection(&token);
+    publish_to(&conn, tenant, "1.0.0", &release.artifacts(), false).await.unwrap();
+    std::fs::write(release.web.join("assets/app.js"), noise(300_000, 141)).unwrap();
+    std::fs::write(&release.api, br#"{"openapi":"3.1.0","v":2}"#).unwrap();
+    publish_to(&conn, tenant, "2.0.0", &release.artifacts(), true).await.unwrap();
+    (release, token)
+}
+
+/// S0-3: equal → none; lower → upgrade; higher → downgrade (pre-release
+/// versions order below their release).
+#[tokio::test]
+async fn check_says_none_upgrade_or_downgrade() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+
+    let none = check(&gw, &key, "acme", "2.0.0", &[]).await;
+    assert_eq!(none.status, StatusCode::OK, "{:?}", none.body);
+    assert_eq!(none.body["action"], "none");
+    assert_eq!(none.body["artifacts"].as_array().unwrap().len(), 0);
+
+    for (current, action) in
+        [("1.0.0", "upgrade"), ("2.0.0-rc.1", "upgrade"), ("2.0.1", "downgrade"), ("10.0.0", "downgrade")]
+    {
+        let a = check(&gw, &key, "acme", current, &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        assert_eq!(a.body["action"], action, "{current}");
+        assert_eq!(a.body["current"], current);
+        assert_eq!(a.body["target"], "2.0.0");
+        let kinds: Vec<_> =
+            a.body["artifacts"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+        assert!(kinds.contains(&"web") && kinds.contains(&"api"), "{kinds:?}");
+    }
+}
+
+/// S2-3: the published versions, newest first, and a chosen one via `want`.
+#[tokio::test]
+async fn versions_lists_newest_first_and_want_picks_one() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+
+    let list = get(&gw, "/v1/versions", Some(&key), &[("tenant", "acme"), ("app", "crm")], None).await;
+    assert_eq!(list.status, StatusCode::OK, "{:?}", list.body);
+    assert_eq!(list.body["deployed"], "2.0.0");
+    let versions: Vec<_> =
+        list.body["versions"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+    assert_eq!(versions, ["2.0.0", "1.0.0"]);
+    assert_eq!(list.body["versions"][0]["deployed"], true);
+
+    let want = check(&gw, &key, "acme", "2.0.0", &[("want", "1.0.0")]).await;
+    assert_eq!(want.body["action"], "downgrade");
+    assert_eq!(want.body["target"], "1.0.0");
+    let missing = check(&gw, &key, "acme", "2.0.0", &[("want", "3.0.0")]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.body["error"], "version_not_found");
+}
+
+/// S1-7: untagged artifacts for everyone, tagged ones for their platform.
+#[tokio::test]
+async fn check_filters_artifacts_by_platform() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (apk, ipa, api) = (dir.path().join("crm.apk"), dir.path().join("crm.ipa"), dir.path().join("openapi.json"));
+    std::fs::write(&apk, noise(50_000, 1)).unwrap();
+    std::fs::write(&ipa, noise(50_000, 2)).unwrap();
+    std::fs::write(&api, b"{}").unwrap();
+    let req = ferry_agent::PublishRequest {
+        tenant: Name::parse("tenant", "acme").unwrap(),
+        app: Name::parse("app", "crm").unwrap(),
+        version: "1.0.0".parse().unwrap(),
+        artifacts: vec![
+            ferry_release::ArtifactSpec::parse(&format!("android@android={}", apk.display())).unwrap(),
+            ferry_release::ArtifactSpec::parse(&format!("ios@ios={}", ipa.display())).unwrap(),
+            ferry_release::ArtifactSpec::parse(&format!("api={}", api.display())).unwrap(),
+        ],
+        deploy: true,
+        retries: 0,
+    };
+    ferry_agent::publish(&stack.connection(&token), &req, &ferry_agent::Progress::hidden()).await.unwrap();
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+
+    let paths = |a: &Answer| -> Vec<String> {
+        let mut p: Vec<String> =
+            a.body["artifacts"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_owned()).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(
+        paths(&check(&gw, &key, "acme", "0.9.0", &[("platform", "android")]).await),
+        ["crm.apk", "openapi.json"]
+    );
+    assert_eq!(paths(&check(&gw, &key, "acme", "0.9.0", &[("platform", "ios")]).await), ["crm.ipa", "openapi.json"]);
+    assert_eq!(paths(&check(&gw, &key, "acme", "0.9.0", &[]).await), ["openapi.json"]);
+}
+
+/// A web bundle update with `have` lists only changed files and the paths
+/// to delete.
+#[tokio::test]
+async fn check_with_have_lists_only_changed_web_files() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(100_000, 50);
+    let conn = stack.connection(&token);
+    let v1 = publish_to(&conn, "acme", "1.0.0", &release.artifacts(), false).await.unwrap();
+    std::fs::write(release.web.join("assets/app.js"), noise(300_000, 77)).unwrap();
+    std::fs::remove_file(release.web.join("assets/vendor.js")).unwrap();
+    std::fs::write(release.web.join("assets/new.css"), b"body{}").unwrap();
+    publish_to(&conn, "acme", "1.1.0", &release.artifacts(), true).await.unwrap();
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+
+    let a = check(&gw, &key, "acme", "1.0.0", &[("have", &v1.manifest_id)]).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.body["delta"], true);
+    let mut web: Vec<&str> = a.body["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "web")
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    web.sort();
+    assert_eq!(web, ["assets/app.js", "assets/new.css"], "index.html is unchanged");
+    let deleted: Vec<_> = a.body["deleted"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert_eq!(deleted, ["assets/vendor.js"]);
+
+    let full = check(&gw, &key, "acme", "1.0.0", &[]).await;
+    assert_eq!(full.body["delta"], false);
+    assert_eq!(full.body["artifacts"].as_array().unwrap().iter().filter(|f| f["kind"] == "web").count(), 3);
+}
+
+/// S1-4: 401 without a valid key; another tenant's app looks exactly like
+/// an app that does not exist.
+#[tokio::test]
+async fn credentials_matrix_across_two_tenants() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    two_versions(&stack, "globex").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let acme = stack.client_key("acme").await;
+    let acme_agent = stack.tenant_agent_key("acme").await;
+
+    let q = [("tenant", "acme"), ("app", "crm"), ("version", "1.0.0")];
+    for key in [
+        None,
+        Some("garbage"),
+        Some(acme_agent.as_str()),
+        Some(&*ferry_store::ApiKey::generate(ferry_store::KeyRole::Client).token()),
+    ] {
+        let a = get(&gw, "/v1/check", key, &q, None).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{key:?}: {:?}", a.body);
+        assert_eq!(a.body["error"], "unauthenticated");
+    }
+
+    let foreign = check(&gw, &acme, "globex", "1.0.0", &[]).await;
+    let nonexistent_tenant = check(&gw, &acme, "initech", "1.0.0", &[]).await;
+    let q_app = [("tenant", "acme"), ("app", "erp"), ("version", "1.0.0")];
+    let nonexistent_app = get(&gw, "/v1/check", Some(&acme), &q_app, None).await;
+    assert_eq!(foreign.status, StatusCode::NOT_FOUND);
+    assert_eq!(nonexistent_tenant.status, StatusCode::NOT_FOUND);
+    assert_eq!(nonexistent_app.status, StatusCode::NOT_FOUND);
+    assert_eq!(foreign.body["error"], nonexistent_tenant.body["error"]);
+    assert_eq!(foreign.body["message"], "app globex/crm not found");
+    assert_eq!(nonexistent_tenant.body["message"], "app initech/crm not found");
+
+    let bad = check(&gw, &acme, "acme", "1.0", &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body["message"].as_str().unwrap().starts_with("parameter version"), "{:?}", bad.body);
+    let missing = get(&gw, "/v1/check", Some(&acme), &[("tenant", "acme"), ("app", "crm")], None).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(missing.body["message"], "parameter version: is required");
+}
+
+/// A revoked key is refused from the next request on, once the database's
+/// change notice reached the gateway.
+#[tokio::test]
+async fn revoked_key_is_refused_without_restart() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+    assert_eq!(check(&gw, &key, "acme", "1.0.0", &[]).await.status, StatusCode::OK);
+
+    let id = ferry_store::ApiKey::parse(&key).unwrap().id;
+    let rx = gw.gateway.applied();
+    stack.meta.revoke_key(&id).await.unwrap();
+    applied(&gw, rx, |c| *c == Change::Key(id.clone())).await;
+    assert_eq!(check(&gw, &key, "acme", "1.0.0", &[]).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// S2-4: over its limit a tenant gets 429 with Retry-After, never a 5xx,
+/// while another tenant keeps getting answers; shed requests are counted.
+#[tokio::test]
+async fn burst_over_the_limit_gets_429_while_other_tenants_get_200() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    two_versions(&stack, "globex").await;
+    stack.meta.set_limit(&Name::parse("tenant", "acme").unwrap(), 0.5, 3).await.unwrap();
+    let config = GatewayConfig { device_rate: Rate { per_second: 1.0, burst: 2 }, ..GatewayConfig::default() };
+    let gw = stack.gateway(config).await;
+    let (acme, globex) = (stack.client_key("acme").await, stack.client_key("globex").await);
+
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let a = check(&gw, &acme, "acme", "2.0.0", &[]).await;
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            let retry = a.retry_after.expect("Retry-After");
+            assert!((1..=4).contains(&retry), "{retry}");
+            assert_eq!(a.body["error"], "rate_limited");
+            assert!(a.body["message"].as_str().unwrap().contains("retry later"));
+        }
+        statuses.push(a.status.as_u16());
+        assert_eq!(check(&gw, &globex, "globex", "2.0.0", &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+
+    // Per device: one device of globex is limited, another is not.
+    let q = [("tenant", "globex"), ("app", "crm"), ("version", "2.0.0")];
+    let device_statuses: Vec<u16> = futures_statuses(&gw, &globex, &q, "phone-1", 3).await;
+    assert_eq!(device_statuses, [200, 200, 429]);
+    assert_eq!(get(&gw, "/v1/check", Some(&globex), &q, Some("phone-2")).await.status, StatusCode::OK);
+
+    let metrics = reqwest::get(format!("{}/metrics", gw.http)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ferry_gateway_requests_shed_total{scope=\"tenant\"} 3"), "{metrics}");
+    assert!(metrics.contains("ferry_gateway_requests_shed_total{scope=\"device\"} 1"), "{metrics}");
+}
+
+async fn futures_statuses(gw: &GatewayHandle, key: &str, q: &[(&str, &str)], device: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get(gw, "/v1/check", Some(key), q, Some(device)).await.status.as_u16());
+    }
+    out
+}
+
+/// S2-1, S0-4: the client downloads straight from S3; the bytes match the
+/// advertised size and BLAKE3; URLs are reused, and expires_at is true.
+#[tokio::test]
+async fn downloaded_artifacts_match_their_blake3() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+    let a = check(&gw, &key, "acme", "1.0.0", &[("platform", "android")]).await;
+    for file in a.body["artifacts"].as_array().unwrap() {
+        let bytes = reqwest::get(file["url"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
+        assert_eq!(bytes.len() as u64, file["size"].as_u64().unwrap());
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), file["blake3"].as_str().unwrap());
+        let expires = file["expires_at"].as_str().unwrap();
+        assert!(expires.ends_with('Z') && expires > "2020", "{expires}");
+    }
+    let again = check(&gw, &key, "acme", "1.0.0", &[("platform", "android")]).await;
+    assert_eq!(again.body["artifacts"], a.body["artifacts"], "presigned URLs are reused");
+}
+
+/// Presigned URLs grant one GET of one object until they expire: S3 itself
+/// refuses a tampered or an expired one.
+#[tokio::test]
+async fn tampered_and_expired_urls_are_refused_by_s3() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+    let a = check(&gw, &key, "acme", "1.0.0", &[]).await;
+    let files = a.body["artifacts"].as_array().unwrap();
+    let (url, other) = (files[0]["url"].as_str().unwrap(), files[1]["blake3"].as_str().unwrap());
+    assert_eq!(reqwest::get(url).await.unwrap().status(), StatusCode::OK);
+
+    // Another object under the same signature.
+    let own = files[0]["blake3"].as_str().unwrap();
+    let swapped = url.replace(own, other);
+    assert_eq!(reqwest::get(&swapped).await.unwrap().status(), StatusCode::FORBIDDEN);
+    // A longer validity.
+    let stretched = url.replace("X-Amz-Expires=900", "X-Amz-Expires=604800");
+    assert_ne!(stretched, url);
+    assert_eq!(reqwest::get(&stretched).await.unwrap().status(), StatusCode::FORBIDDEN);
+    // A method other than GET.
+    assert_eq!(reqwest::Client::new().delete(url).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+
+    let hash = blake3::Hash::from_hex(own).unwrap();
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let (expired, _) = stack.blobs.presign_file_from(&hash, an_hour_ago, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(reqwest::get(&expired).await.unwrap().status(), StatusCode::FORBIDDEN);
+}
+
+/// A publish and a deploy become visible to checks without restarting the
+/// gateway: the database announces them.
+#[tokio::test]
+async fn publish_and_deploy_are_visible_without_restart() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+    let nothing = check(&gw, &key, "acme", "1.0.0", &[]).await;
+    assert_eq!(nothing.status, StatusCode::NOT_FOUND);
+    assert_eq!(nothing.body["error"], "not_deployed");
+
+    let release = Release::new(100_000, 60);
+    let conn = stack.connection(&token);
+    let app_id = |c: &Change| matches!(c, Change::App(_));
+    let rx = gw.gateway.applied();
+    publish_to(&conn, "acme", "1.0.0", &release.artifacts(), true).await.unwrap();
+    applied(&gw, rx, app_id).await;
+    assert_eq!(check(&gw, &key, "acme", "0.9.0", &[]).await.body["target"], "1.0.0");
+
+    std::fs::write(&release.api, b"{\"v\":2}").unwrap();
+    publish_to(&conn, "acme", "2.0.0", &release.artifacts(), false).await.unwrap();
+    let rx = gw.gateway.applied();
+    let (acme, crm) = (Name::parse("tenant", "acme").unwrap(), Name::parse("app", "crm").unwrap());
+    ferry_agent::deploy(&conn, &acme, &crm, &"2.0.0".parse().unwrap()).await.unwrap();
+    applied(&gw, rx, app_id).await;
+    let a = check(&gw, &key, "acme", "1.0.0", &[]).await;
+    assert_eq!((a.body["action"].as_str(), a.body["target"].as_str()), (Some("upgrade"), Some("2.0.0")));
+}
+
+/// The same answers over gRPC, with health and reflection.
+#[tokio::test]
+async fn grpc_check_matches_http() {
+    use ferry_proto::gateway::v1 as pb;
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let key = stack.client_key("acme").await;
+    let mut client = pb::gateway_client::GatewayClient::connect(gw.grpc.clone()).await.unwrap();
+    let mut req = tonic::Request::new(pb::CheckRequest {
+        tenant: "acme".into(),
+        app: "crm".into(),
+        version: "1.0.0".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let answer = client.check(req).await.unwrap().into_inner();
+    let http = check(&gw, &key, "acme", "1.0.0", &[]).await;
+    assert_eq!(answer.action, "upgrade");
+    assert_eq!(answer.target, http.body["target"]);
+    assert_eq!(answer.artifacts.len(), http.body["artifacts"].as_array().unwrap().len());
+
+    let unauthenticated =
+        client.list_versions(pb::ListVersionsRequest { tenant: "acme".into(), app: "crm".into() }).await.unwrap_err();
+    assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+
+    let channel = tonic::transport::Channel::from_shared(gw.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "ferry.gateway.v1.Gateway".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+/// The served OpenAPI document is the one generated from the code, which a
+/// unit test keeps equal to the committed services/gateway/openapi.json.
+#[tokio::test]
+async fn openapi_document_is_served() {
+    let stack = Stack::start().await;
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    let served: Value = reqwest::get(format!("{}/openapi.json", gw.http)).await.unwrap().json().await.unwrap();
+    assert_eq!(served["openapi"], "3.1.0");
+    assert!(served["paths"]["/v1/check"]["get"].is_object());
+    assert!(served["paths"]["/v1/versions"]["get"].is_object());
+    let ready = reqwest::get(format!("{}/readyz", gw.http)).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
