@@ -1,7 +1,9 @@
 //! `ferry-dev`: the whole stack on one machine, for trying Ferry out and for
 //! developing it. Starts a throwaway PostgreSQL and an S3 server that checks
-//! SigV4, runs the registry, creates a demo tenant, app and keys, publishes
-//! two sample versions with the real `ferry-agent` binary, writes
+//! SigV4, runs the registry and the gateway, creates a demo tenant, app and
+//! keys, publishes two sample versions with the real `ferry-agent` binary
+//! (deploying the first), shows a demo client's checks (upgrade and
+//! downgrade) and verifies its downloads through the presigned URLs, writes
 //! `target/ferry-dev/stack.env`, and keeps everything up until Ctrl-C.
 
 #![allow(clippy::print_stdout)]
@@ -62,12 +64,28 @@ async fn run() -> anyhow::Result<()> {
         force_path_style: true,
     };
     let blobs = Blobs::from_settings(&settings, &bucket);
+    let blobs_for_gateway = blobs.clone();
     let registry_port = env_port("FERRY_DEV_REGISTRY_PORT")?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", registry_port)).await?;
     let registry_url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(ferry_registry::serve(Registry::new(meta.clone(), blobs), listener, None, async {
         let _ = stopped.await;
+    }));
+
+    step("starting the gateway");
+    let gateway = ferry_gateway::Gateway::new(meta.clone(), blobs_for_gateway, ferry_gateway::GatewayConfig::default());
+    let mut applied = gateway.applied();
+    gateway.follow(ferry_store::listen(&database_url)?);
+    applied.recv().await?; // listening for changes
+    let gateway_port = env_port("FERRY_DEV_GATEWAY_PORT")?;
+    let http = tokio::net::TcpListener::bind(("127.0.0.1", gateway_port)).await?;
+    let grpc = tokio::net::TcpListener::bind(("127.0.0.1", env_port("FERRY_DEV_GATEWAY_GRPC_PORT")?)).await?;
+    let gateway_url = format!("http://{}", http.local_addr()?);
+    let gateway_grpc = format!("http://{}", grpc.local_addr()?);
+    let (stop_gw, gw_stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway_task = tokio::spawn(ferry_gateway::serve(gateway, http, grpc, async {
+        let _ = gw_stopped.await;
     }));
 
     step("creating tenant acme, app crm and their keys");
@@ -80,8 +98,8 @@ async fn run() -> anyhow::Result<()> {
     let env_file = dir.join("stack.env");
     let vars = [
         ("FERRY_REGISTRY_URL", registry_url.as_str()),
-        // The gateway joins the stack with the access-gateway work.
-        ("FERRY_GATEWAY_URL", ""),
+        ("FERRY_GATEWAY_URL", gateway_url.as_str()),
+        ("FERRY_GATEWAY_GRPC_URL", gateway_grpc.as_str()),
         ("FERRY_TENANT", TENANT),
         ("FERRY_APP", APP),
         ("FERRY_AGENT_TOKEN", agent_token.as_str()),
@@ -118,10 +136,19 @@ async fn run() -> anyhow::Result<()> {
 
     let app_id = meta.app_id(meta.tenant_id(&tenant).await?, &Name::parse("app", APP)?).await?.context("demo app")?;
     let deployed = meta.deployed_version(app_id).await?.unwrap_or_else(|| "none".into());
+
+    step("a phone running 0.9.0 asks the gateway (GET /v1/check), downloads and verifies");
+    demo_client(&gateway_url, &client_key, "0.9.0").await?;
+    step("a phone running 1.1.0 asks the gateway: its private cloud runs 1.0.0");
+    demo_client(&gateway_url, &client_key, "1.1.0").await?;
+
     println!(
-        "\nFerry is running.\n  registry (gRPC)  {registry_url}\n  S3               {} bucket {bucket}\n  \
+        "\nFerry is running.\n  registry (gRPC)  {registry_url}\n  gateway (HTTP)   {gateway_url}\n  \
+         gateway (gRPC)   {gateway_grpc}\n  S3               {} bucket {bucket}\n  \
          tenant/app       {TENANT}/{APP}, deployed version {deployed}\n  environment      {}\n\n\
-         Try:  set -a; . {}; set +a\n      ferry-agent deploy --version 1.1.0\n\nCtrl-C stops everything.",
+         Try:  set -a; . {}; set +a\n      \
+         curl -H \"Authorization: Bearer $FERRY_CLIENT_KEY\" \"$FERRY_GATEWAY_URL/v1/check?tenant=acme&app=crm&version=0.9.0&platform=android\"\n      \
+         target/release/ferry-agent deploy --version 1.1.0\n\nCtrl-C stops everything.",
         s3.endpoint,
         env_file.display(),
         env_file.display(),
@@ -130,12 +157,54 @@ async fn run() -> anyhow::Result<()> {
     step("stopping");
     let _ = stop.send(());
     let _ = server.await;
+    let _ = stop_gw.send(());
+    let _ = gateway_task.await;
     let _ = std::fs::remove_file(&env_file);
     // Exiting closes every connection at once; PostgreSQL's watchdog then
     // stops the cluster and deletes it, and the S3 store is a temp dir.
     std::mem::forget(pg);
     drop(s3);
     std::process::exit(0)
+}
+
+/// What an app does (S0-3…S0-5): ask the gateway, then download every file
+/// straight from S3 and check its size and BLAKE3.
+async fn demo_client(gateway_url: &str, client_key: &str, version: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let answer: serde_json::Value = http
+        .get(format!("{gateway_url}/v1/check"))
+        .query(&[("tenant", TENANT), ("app", APP), ("version", version), ("platform", "android")])
+        .bearer_auth(client_key)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let files = answer["artifacts"].as_array().cloned().unwrap_or_default();
+    println!(
+        "    action {} : {} -> {} ({} files to download)",
+        answer["action"],
+        answer["current"],
+        answer["target"],
+        files.len()
+    );
+    for file in files {
+        let url = file["url"].as_str().context("url")?;
+        let bytes = http.get(url).send().await?.error_for_status()?.bytes().await?;
+        let ok = bytes.len() as u64 == file["size"].as_u64().unwrap_or(u64::MAX)
+            && blake3::hash(&bytes).to_hex().as_str() == file["blake3"].as_str().unwrap_or("");
+        println!(
+            "    {:<6} {:<22} {:>9} bytes  blake3 {}",
+            file["kind"].as_str().unwrap_or(""),
+            file["path"].as_str().unwrap_or(""),
+            bytes.len(),
+            if ok { "verified" } else { "MISMATCH" }
+        );
+        if !ok {
+            bail!("download of {} does not match its size and BLAKE3", file["path"]);
+        }
+    }
+    Ok(())
 }
 
 fn step(what: &str) {
