@@ -238,26 +238,27 @@ impl Meta {
     /// needs them.
     pub async fn app_releases(&self, tenant_id: i64, app: &Name) -> Result<Option<AppReleases>, StoreError> {
         let client = self.pool.get().await?;
-        let Some(app_row) = client
-            .query_opt(
-                "SELECT a.id, r.version FROM apps a LEFT JOIN releases r ON r.id = a.deployed_release_id \
+        // One round trip: the app, its deployed version, and every release
+        // (no rows: no such app; one row of NULLs: no release yet).
+        let rows = client
+            .query(
+                "SELECT a.id, d.version, r.version, r.manifest_id, r.created_at FROM apps a \
+                 LEFT JOIN releases d ON d.id = a.deployed_release_id \
+                 LEFT JOIN releases r ON r.app_id = a.id \
                  WHERE a.tenant_id = $1 AND a.name = $2",
                 &[&tenant_id, &app.as_str()],
             )
-            .await?
-        else {
-            return Ok(None);
-        };
-        let app_id: i64 = app_row.get(0);
-        let rows =
-            client.query("SELECT version, manifest_id, created_at FROM releases WHERE app_id = $1", &[&app_id]).await?;
+            .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let (app_id, deployed): (i64, Option<String>) = (first.get(0), first.get(1));
         let mut releases = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id = ManifestId::from_slice(row.get(1))
+        for row in &rows {
+            let Some(version) = row.get::<_, Option<String>>(2) else { continue };
+            let id = ManifestId::from_slice(row.get(3))
                 .ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))?;
-            releases.push(ReleaseRow { version: row.get(0), manifest_id: id, published_at: row.get(2) });
+            releases.push(ReleaseRow { version, manifest_id: id, published_at: row.get(4) });
         }
-        Ok(Some(AppReleases { app_id, deployed: app_row.get(1), releases }))
+        Ok(Some(AppReleases { app_id, deployed, releases }))
     }
 
     /// The manifest id of a published version, if there is one.

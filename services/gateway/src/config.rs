@@ -35,10 +35,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FERRY_URL_TTL_SECONDS", default_value_t = 900)]
     pub url_ttl_seconds: u64,
     /// Longest a revoked key may still work if its change notice is lost.
-    #[arg(long, env = "FERRY_KEY_CACHE_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "FERRY_KEY_CACHE_SECONDS", default_value_t = 120)]
     pub key_cache_seconds: u64,
     /// Longest a publish or deploy may go unseen if its change notice is lost.
-    #[arg(long, env = "FERRY_RELEASE_CACHE_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "FERRY_RELEASE_CACHE_SECONDS", default_value_t = 120)]
     pub release_cache_seconds: u64,
     /// Default requests per second per tenant (`admin set-limit` overrides).
     #[arg(long, env = "FERRY_TENANT_RATE", default_value_t = 1000.0)]

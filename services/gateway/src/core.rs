@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::error::GatewayError;
 use crate::limits::{Limits, Rate};
 use crate::metrics::Metrics;
-use crate::model::{Action, ArtifactFile, CheckAnswer, DeletedFile, VersionInfo, VersionList, rfc3339};
+use crate::model::{Action, ArtifactFile, CheckAnswer, DeletedFile, VersionInfo, VersionList, listing_json, rfc3339};
 
 /// Tunables; defaults are what README documents.
 #[derive(Debug, Clone)]
@@ -41,8 +41,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             presign_lifetime: Duration::from_secs(15 * 60),
-            key_cache_ttl: Duration::from_secs(30),
-            release_cache_ttl: Duration::from_secs(60),
+            key_cache_ttl: Duration::from_secs(120),
+            release_cache_ttl: Duration::from_secs(120),
             tenant_rate: Rate { per_second: 1000.0, burst: 2000 },
             device_rate: Rate { per_second: 1.0, burst: 10 },
         }
@@ -74,12 +74,43 @@ struct Inner {
     config: GatewayConfig,
     keys: Cache<String, Option<KeyRecord>>,
     apps: Cache<(i64, Name), Option<Arc<AppView>>>,
-    releases: Cache<(i64, ManifestId), Option<Arc<ReleaseView>>>,
-    urls: Cache<Hash, (Arc<str>, SystemTime)>,
+    releases: Cache<ManifestId, Arc<ReleaseView>>,
+    urls: Cache<Hash, PresignedUrl>,
+    listings: Cache<ListingKey, Arc<Listing>>,
     limits: Limits,
     metrics: Metrics,
     /// Every change once applied, for whoever waits on invalidation.
     applied: tokio::sync::broadcast::Sender<Change>,
+}
+
+/// A presigned URL and its validity.
+#[derive(Clone)]
+struct PresignedUrl {
+    url: Arc<str>,
+    expires_at: SystemTime,
+    /// Until when it may be handed out: while half its lifetime remains.
+    fresh_until: SystemTime,
+}
+
+/// What a file list depends on. Manifests are content-addressed, so tenants
+/// publishing identical releases share one list (and its memory); `have` is
+/// only ever a release of the asking app (checked before), so no list can
+/// reveal another tenant's files.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ListingKey {
+    target: ManifestId,
+    platform: Option<Name>,
+    have: Option<ManifestId>,
+}
+
+/// The files of an answer, shared by every client asking the same thing.
+struct Listing {
+    artifacts: Arc<Vec<ArtifactFile>>,
+    deleted: Arc<Vec<DeletedFile>>,
+    delta: bool,
+    json: Arc<str>,
+    /// The earliest `fresh_until` of its URLs.
+    fresh_until: SystemTime,
 }
 
 /// An app's releases, newest first.
@@ -93,6 +124,9 @@ struct VersionEntry {
     version: semver::Version,
     manifest_id: ManifestId,
     published_at: SystemTime,
+    /// `version` and `manifest_id` as answers spell them, made once.
+    version_text: String,
+    manifest_hex: String,
 }
 
 /// A release's files without chunk lists: what answers need.
@@ -145,12 +179,11 @@ impl Gateway {
         // weighed by their number of files.
         let releases = Cache::builder()
             .max_capacity(2_000_000)
-            .weigher(|_, v: &Option<Arc<ReleaseView>>| {
-                v.as_ref().map_or(1, |r| r.artifacts.iter().map(|a| a.files.len() as u32 + 1).sum())
-            })
+            .weigher(|_, r: &Arc<ReleaseView>| r.artifacts.iter().map(|a| a.files.len() as u32 + 1).sum())
             .build();
         // A URL is handed out only while at least half its lifetime remains.
         let urls = Cache::builder().max_capacity(1_000_000).time_to_live(config.presign_lifetime / 2).build();
+        let listings = Cache::builder().max_capacity(200_000).time_to_live(config.presign_lifetime / 2).build();
         let limits = Limits::new(meta.clone(), &config);
         Self {
             inner: Arc::new(Inner {
@@ -161,6 +194,7 @@ impl Gateway {
                 apps,
                 releases,
                 urls,
+                listings,
                 limits,
                 metrics: Metrics::default(),
                 applied: tokio::sync::broadcast::channel(64).0,
@@ -252,27 +286,48 @@ impl Gateway {
         let mut answer = CheckAnswer {
             action,
             current: current_str.to_owned(),
-            target: target.version.to_string(),
-            manifest_id: target.manifest_id.to_string(),
-            artifacts: Vec::new(),
-            deleted: Vec::new(),
+            target: target.version_text.clone(),
+            manifest_id: target.manifest_hex.clone(),
+            artifacts: Arc::default(),
+            deleted: Arc::default(),
             delta: false,
+            listing_json: None,
         };
         if action == Action::None {
             return Ok(answer);
         }
-        let release = self
-            .release(auth.tenant_id, target.manifest_id)
-            .await?
-            .ok_or_else(|| GatewayError::internal("release manifest missing"))?;
-        let previous = match have {
-            Some(id) if id != target.manifest_id => self.release(auth.tenant_id, id).await?,
-            _ => None,
+        // A delta only against a release of this very app: anything else
+        // (unknown, foreign, or the target itself) gets the full list.
+        let have = have.filter(|h| *h != target.manifest_id && view.versions.iter().any(|v| v.manifest_id == *h));
+        let key = ListingKey { target: target.manifest_id, platform, have };
+        let listing = match self.inner.listings.get(&key).await {
+            Some(listing) if listing.fresh_until > SystemTime::now() => listing,
+            _ => {
+                let listing = Arc::new(self.listing(auth.tenant_id, &key).await?);
+                self.inner.listings.insert(key, listing.clone()).await;
+                listing
+            }
         };
-        answer.delta = previous.is_some();
+        answer.artifacts = listing.artifacts.clone();
+        answer.deleted = listing.deleted.clone();
+        answer.delta = listing.delta;
+        answer.listing_json = Some(listing.json.clone());
+        Ok(answer)
+    }
+
+    /// Builds the file list for `key`: the target's files for the platform,
+    /// minus unchanged files of directory artifacts when `have` is known.
+    async fn listing(&self, tenant_id: i64, key: &ListingKey) -> Result<Listing, GatewayError> {
+        let release = self.release(tenant_id, key.target).await?;
+        let previous = match key.have {
+            Some(id) => Some(self.release(tenant_id, id).await?),
+            None => None,
+        };
+        let mut deleted = Vec::new();
         let mut wanted = Vec::new();
         for artifact in &release.artifacts {
-            if !artifact.platforms.is_empty() && !platform.as_ref().is_some_and(|p| artifact.platforms.contains(p)) {
+            if !artifact.platforms.is_empty() && !key.platform.as_ref().is_some_and(|p| artifact.platforms.contains(p))
+            {
                 continue;
             }
             let before = previous.as_ref().and_then(|prev| {
@@ -282,22 +337,27 @@ impl Gateway {
                 (ArtifactKind::Directory, Some(before)) => diff(before, artifact),
                 _ => (HashSet::new(), Vec::new()),
             };
-            answer.deleted.extend(gone.into_iter().map(|path| DeletedFile { kind: artifact.name.to_string(), path }));
+            deleted.extend(gone.into_iter().map(|path| DeletedFile { kind: artifact.name.to_string(), path }));
             wanted
                 .extend(artifact.files.iter().filter(|f| !unchanged.contains(f.path.as_str())).map(|f| (artifact, f)));
         }
+        let mut artifacts = Vec::with_capacity(wanted.len());
+        let mut fresh_until = SystemTime::now() + self.inner.config.presign_lifetime;
         for (artifact, file) in wanted {
-            let (url, expires_at) = self.url(&file.hash).await?;
-            answer.artifacts.push(ArtifactFile {
+            let url = self.url(&file.hash).await?;
+            fresh_until = fresh_until.min(url.fresh_until);
+            artifacts.push(ArtifactFile {
                 kind: artifact.name.to_string(),
                 path: file.path.clone(),
                 size: file.size,
                 blake3: file.hash.to_hex().to_string(),
-                url: url.to_string(),
-                expires_at: rfc3339(expires_at),
+                url: url.url.to_string(),
+                expires_at: rfc3339(url.expires_at),
             });
         }
-        Ok(answer)
+        let delta = previous.is_some();
+        let json = listing_json(&artifacts, &deleted, delta).into();
+        Ok(Listing { artifacts: Arc::new(artifacts), deleted: Arc::new(deleted), delta, json, fresh_until })
     }
 
     /// The published versions, newest first (S2-3).
@@ -316,8 +376,8 @@ impl Gateway {
                 .versions
                 .iter()
                 .map(|v| VersionInfo {
-                    version: v.version.to_string(),
-                    manifest_id: v.manifest_id.to_string(),
+                    version: v.version_text.clone(),
+                    manifest_id: v.manifest_hex.clone(),
                     published_at: rfc3339(v.published_at),
                     deployed: view.deployed.as_ref() == Some(&v.version),
                 })
@@ -372,8 +432,11 @@ impl Gateway {
                     .releases
                     .into_iter()
                     .filter_map(|r| {
+                        let version = parse_version(&r.version).ok()?;
                         Some(VersionEntry {
-                            version: parse_version(&r.version).ok()?,
+                            version_text: version.to_string(),
+                            manifest_hex: r.manifest_id.to_string(),
+                            version,
                             manifest_id: r.manifest_id,
                             published_at: r.published_at,
                         })
@@ -387,16 +450,20 @@ impl Gateway {
         view.ok_or_else(|| GatewayError::app_not_found(tenant.as_str(), app.as_str()))
     }
 
-    async fn release(&self, tenant_id: i64, id: ManifestId) -> Result<Option<Arc<ReleaseView>>, GatewayError> {
+    /// A release's file list. `id` must be a release of `tenant_id`'s (it
+    /// comes from its app view); the cache is shared by content.
+    async fn release(&self, tenant_id: i64, id: ManifestId) -> Result<Arc<ReleaseView>, GatewayError> {
         let meta = self.inner.meta.clone();
         let release = self
             .inner
             .releases
-            .try_get_with((tenant_id, id), async move {
-                let Some(body) = meta.load_manifest(tenant_id, id).await? else { return Ok(None) };
+            .try_get_with(id, async move {
+                let body = meta.load_manifest(tenant_id, id).await?.ok_or_else(|| {
+                    ferry_store::StoreError::Integrity(format!("manifest {id} of a release is missing"))
+                })?;
                 let manifest = Manifest::decode(&body)
                     .map_err(|e| ferry_store::StoreError::Integrity(format!("manifest {id}: {e}")))?;
-                Ok::<_, ferry_store::StoreError>(Some(Arc::new(ReleaseView::from(manifest))))
+                Ok::<_, ferry_store::StoreError>(Arc::new(ReleaseView::from(manifest)))
             })
             .await?;
         Ok(release)
@@ -404,14 +471,20 @@ impl Gateway {
 
     /// A presigned URL for a file, reused while at least half its lifetime
     /// remains (presigning costs ~30 µs; reuse keeps the hot path cheap).
-    async fn url(&self, hash: &Hash) -> Result<(Arc<str>, SystemTime), GatewayError> {
+    async fn url(&self, hash: &Hash) -> Result<PresignedUrl, GatewayError> {
         let (blobs, lifetime, hash_owned) = (self.inner.blobs.clone(), self.inner.config.presign_lifetime, *hash);
         let entry = self
             .inner
             .urls
             .try_get_with(*hash, async move {
-                let (url, expires) = blobs.presign_file(&hash_owned, lifetime).await?;
-                Ok::<_, ferry_store::StoreError>((Arc::<str>::from(url), expires))
+                let now = SystemTime::now();
+                let (url, expires_at) = blobs.presign_file_from(&hash_owned, now, lifetime).await?;
+                let half = expires_at.duration_since(now).unwrap_or_default() / 2;
+                Ok::<_, ferry_store::StoreError>(PresignedUrl {
+                    url: Arc::from(url),
+                    expires_at,
+                    fresh_until: now + half,
+                })
             })
             .await?;
         Ok(entry)

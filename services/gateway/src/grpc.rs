@@ -35,17 +35,17 @@ impl From<CheckAnswer> for pb::CheckResponse {
             manifest_id: a.manifest_id,
             artifacts: a
                 .artifacts
-                .into_iter()
+                .iter()
                 .map(|f| pb::ArtifactFile {
-                    kind: f.kind,
-                    path: f.path,
+                    kind: f.kind.clone(),
+                    path: f.path.clone(),
                     size: f.size,
-                    blake3: f.blake3,
-                    url: f.url,
-                    expires_at: f.expires_at,
+                    blake3: f.blake3.clone(),
+                    url: f.url.clone(),
+                    expires_at: f.expires_at.clone(),
                 })
                 .collect(),
-            deleted: a.deleted.into_iter().map(|d| pb::DeletedFile { kind: d.kind, path: d.path }).collect(),
+            deleted: a.deleted.iter().map(|d| pb::DeletedFile { kind: d.kind.clone(), path: d.path.clone() }).collect(),
             delta: a.delta,
         }
     }

@@ -133,7 +133,7 @@ async fn check(
         gateway.check(&params).await
     }
     .await;
-    respond(&gateway, "check", result)
+    respond(&gateway, "check", result.map(|answer| Encoded(answer.to_json())))
 }
 
 /// The published versions, newest first, and the deployed one.
@@ -162,7 +162,7 @@ async fn versions(
         gateway.versions(authorization.as_deref(), device.as_deref(), &q.tenant, &q.app).await
     }
     .await;
-    respond(&gateway, "versions", result)
+    respond(&gateway, "versions", result.map(Json))
 }
 
 async fn openapi() -> Response {
@@ -185,12 +185,21 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn respond<T: serde::Serialize>(gateway: &Gateway, call: &'static str, result: Result<T, GatewayError>) -> Response {
+/// A JSON body encoded already.
+struct Encoded(Vec<u8>);
+
+impl IntoResponse for Encoded {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.0).into_response()
+    }
+}
+
+fn respond<T: IntoResponse>(gateway: &Gateway, call: &'static str, result: Result<T, GatewayError>) -> Response {
     match result {
         Ok(body) => {
             gateway.metrics().request("http", call, "ok");
             // Answers carry short-lived URLs: no shared cache may keep them.
-            let mut response = Json(body).into_response();
+            let mut response = body.into_response();
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
             response
         }

@@ -1,6 +1,8 @@
 //! What the gateway answers, shared by HTTP (JSON, described in OpenAPI)
 //! and gRPC (converted in `grpc.rs`).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -40,11 +42,55 @@ pub struct CheckAnswer {
     /// `have` later to get only what changed.
     pub manifest_id: String,
     /// Files to download; empty when `action` is `none`.
-    pub artifacts: Vec<ArtifactFile>,
+    #[schema(value_type = Vec<ArtifactFile>)]
+    pub artifacts: Arc<Vec<ArtifactFile>>,
     /// With `have`: files of directory artifacts to delete.
-    pub deleted: Vec<DeletedFile>,
+    #[schema(value_type = Vec<DeletedFile>)]
+    pub deleted: Arc<Vec<DeletedFile>>,
     /// True when `have` was known and `artifacts` lists only changes.
     pub delta: bool,
+    /// `artifacts`, `deleted` and `delta` already encoded as JSON members,
+    /// shared by every answer with the same file list: the hot path then
+    /// encodes only the four short fields in front.
+    #[serde(skip)]
+    pub(crate) listing_json: Option<Arc<str>>,
+}
+
+impl CheckAnswer {
+    /// The JSON body: byte for byte what `serde_json::to_vec(self)` gives,
+    /// without re-encoding a cached file list.
+    pub fn to_json(&self) -> Vec<u8> {
+        let Some(listing) = &self.listing_json else {
+            return serde_json::to_vec(self).expect("answers serialise");
+        };
+        let mut out = Vec::with_capacity(listing.len() + 160);
+        out.extend_from_slice(b"{\"action\":");
+        serde_json::to_writer(&mut out, &self.action).expect("writing to a Vec");
+        for (name, value) in [("current", &self.current), ("target", &self.target), ("manifest_id", &self.manifest_id)]
+        {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut out, value).expect("writing to a Vec");
+        }
+        out.push(b',');
+        out.extend_from_slice(listing.as_bytes());
+        out.push(b'}');
+        out
+    }
+}
+
+/// Encodes the file-list members of an answer (see
+/// [`CheckAnswer::listing_json`]).
+pub(crate) fn listing_json(artifacts: &[ArtifactFile], deleted: &[DeletedFile], delta: bool) -> String {
+    #[derive(Serialize)]
+    struct Listing<'a> {
+        artifacts: &'a [ArtifactFile],
+        deleted: &'a [DeletedFile],
+        delta: bool,
+    }
+    let object = serde_json::to_string(&Listing { artifacts, deleted, delta }).expect("answers serialise");
+    object[1..object.len() - 1].to_owned()
 }
 
 /// One file to download, straight from S3.
@@ -109,4 +155,35 @@ pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
     aws_smithy_types::DateTime::from(t)
         .fmt(aws_smithy_types::date_time::Format::DateTime)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_encoding_equals_serde() {
+        let artifacts = vec![ArtifactFile {
+            kind: "web".into(),
+            path: "assets/\"odd\" name.js".into(),
+            size: 42,
+            blake3: "ab".repeat(32),
+            url: "http://s3/files/x?X-Amz-Signature=1&a=<b>".into(),
+            expires_at: "2026-11-22T10:15:00Z".into(),
+        }];
+        let deleted = vec![DeletedFile { kind: "web".into(), path: "gone.js".into() }];
+        let mut answer = CheckAnswer {
+            action: Action::Downgrade,
+            current: "2.5.0-rc.1+build.\"7\"".into(),
+            target: "2.4.1".into(),
+            manifest_id: "cd".repeat(32),
+            artifacts: Arc::new(artifacts.clone()),
+            deleted: Arc::new(deleted.clone()),
+            delta: true,
+            listing_json: None,
+        };
+        let slow = answer.to_json();
+        answer.listing_json = Some(listing_json(&artifacts, &deleted, true).into());
+        assert_eq!(String::from_utf8(answer.to_json()).unwrap(), String::from_utf8(slow).unwrap());
+    }
 }
