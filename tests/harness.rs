@@ -163,27 +163,18 @@ pub async fn publish_to(
         tenant: Name::parse("tenant", tenant).unwrap(),
         app: Name::parse("app", "crm").unwrap(),
         version: version.parse().unwrap(),
-        artifacts: artifacts
-            .iter()
-            .map(|(name, path)| ArtifactSpec::parse(&format!("{name}={}", path.display())).unwrap())
-            .collect(),
+        artifacts: specs(artifacts),
         deploy,
         retries: 0,
     };
     ferry_agent::publish(conn, &req, &Progress::hidden()).await
 }
 
-/// Deterministic incompressible bytes (xorshift), like a real package.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+pub use ferry_testkit::noise;
+
+/// `NAME=PATH` artifact specs, as the agent's command line takes them.
+pub fn specs(artifacts: &[(&str, &Path)]) -> Vec<ArtifactSpec> {
+    artifacts.iter().map(|(name, path)| ArtifactSpec::parse(&format!("{name}={}", path.display())).unwrap()).collect()
 }
 
 /// A small release: an APK-like file, a web bundle directory, an API file.
@@ -211,6 +202,11 @@ impl Release {
 
     pub fn artifacts(&self) -> Vec<(&'static str, &Path)> {
         vec![("mobile", self.apk.as_path()), ("web", self.web.as_path()), ("api", self.api.as_path())]
+    }
+
+    /// The manifest the agent packs for this release as `version`.
+    pub fn manifest(&self, version: &str) -> ferry_release::Manifest {
+        ferry_release::pack(version.parse().unwrap(), &specs(&self.artifacts()), &|_| {}).unwrap()
     }
 }
 

@@ -19,6 +19,18 @@ fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
     req
 }
 
+/// PrepareRelease for tenant acme / app crm over a raw client.
+async fn prepare(
+    stack: &Stack,
+    token: &str,
+    manifest: &Manifest,
+) -> (pb::registry_client::RegistryClient<tonic::transport::Channel>, pb::PrepareReleaseResponse) {
+    let mut client = pb::registry_client::RegistryClient::connect(stack.url.clone()).await.unwrap();
+    let req = pb::PrepareReleaseRequest { tenant: "acme".into(), app: "crm".into(), manifest: manifest.encode() };
+    let prepared = client.prepare_release(authed(token, req)).await.unwrap().into_inner();
+    (client, prepared)
+}
+
 fn code(err: &AgentError) -> Option<Code> {
     match err {
         AgentError::Rpc { code, .. } => Some(*code),
@@ -103,12 +115,7 @@ async fn interrupted_publish_resumes_sending_only_missing_chunks() {
     let app_id = stack.app_id("acme").await;
     assert_eq!(stack.meta.release_manifest(app_id, "1.0.0").await.unwrap(), None, "nothing half-published is visible");
 
-    let specs: Vec<_> = release
-        .artifacts()
-        .iter()
-        .map(|(n, p)| ArtifactSpec::parse(&format!("{n}={}", p.display())).unwrap())
-        .collect();
-    let manifest = pack("1.0.0".parse().unwrap(), &specs, &|_| {}).unwrap();
+    let manifest = release.manifest("1.0.0");
     let all: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
     let stored = stack.meta.tenant_chunks(stack.tenant_id("acme").await, &all).await.unwrap().len() as u64;
     assert!(stored > 0, "the first run stored some chunks before the cut");
@@ -134,15 +141,7 @@ async fn corrupt_chunk_is_rejected_and_nothing_is_committed() {
     let spec = ArtifactSpec::parse(&format!("mobile={}", apk.display())).unwrap();
     let manifest = pack("1.0.0".parse().unwrap(), &[spec], &|_| {}).unwrap();
 
-    let mut client = pb::registry_client::RegistryClient::connect(stack.url.clone()).await.unwrap();
-    let prepared = client
-        .prepare_release(authed(
-            &token,
-            pb::PrepareReleaseRequest { tenant: "acme".into(), app: "crm".into(), manifest: manifest.encode() },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut client, prepared) = prepare(&stack, &token, &manifest).await;
     assert_eq!(prepared.missing_chunks.len(), manifest.unique_chunks().len());
 
     let first = manifest.unique_chunks()[0];
@@ -180,12 +179,7 @@ async fn publish_for_another_tenant_is_refused_and_stores_nothing() {
     assert!(err.to_string().contains("not valid for tenant globex"), "{err}");
 
     let globex = stack.tenant_id("globex").await;
-    let specs: Vec<_> = release
-        .artifacts()
-        .iter()
-        .map(|(n, p)| ArtifactSpec::parse(&format!("{n}={}", p.display())).unwrap())
-        .collect();
-    let manifest = pack("1.0.0".parse().unwrap(), &specs, &|_| {}).unwrap();
+    let manifest = release.manifest("1.0.0");
     assert_eq!(stack.meta.load_manifest(globex, manifest.id()).await.unwrap(), None);
     let all: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
     assert!(stack.meta.tenant_chunks(globex, &all).await.unwrap().is_empty());
@@ -385,15 +379,7 @@ async fn release_cannot_claim_another_tenants_file_by_hash() {
     let mut manifest = pack("1.0.0".parse().unwrap(), &[spec], &|_| {}).unwrap();
     manifest.artifacts[0].files[0].hash = globex_file;
 
-    let mut client = pb::registry_client::RegistryClient::connect(stack.url.clone()).await.unwrap();
-    let prepared = client
-        .prepare_release(authed(
-            &acme,
-            pb::PrepareReleaseRequest { tenant: "acme".into(), app: "crm".into(), manifest: manifest.encode() },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut client, prepared) = prepare(&stack, &acme, &manifest).await;
     let data = std::fs::read(&fake).unwrap();
     let mut chunks = Vec::new();
     let mut offset = 0;

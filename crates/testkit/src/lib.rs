@@ -19,3 +19,17 @@ pub fn random_suffix(bytes: usize) -> String {
     getrandom::fill(&mut buf).expect("operating system random source");
     hex::encode(buf)
 }
+
+/// Deterministic pseudo-random bytes (xorshift): incompressible like a real
+/// package, and the same for the same seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use ferry_registry::Registry;
 use ferry_release::Name;
 use ferry_store::{Blobs, KeyRole, S3Settings};
-use ferry_testkit::{Postgres, S3Server};
+use ferry_testkit::{Postgres, S3Server, noise};
 
 const TENANT: &str = "acme";
 const APP: &str = "crm";
@@ -261,16 +261,4 @@ fn write_samples(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         )?;
     }
     Ok((v1, v2))
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
