@@ -17,7 +17,7 @@ use moka::future::Cache;
 use tokio::sync::mpsc;
 
 use crate::error::GatewayError;
-use crate::limits::{Limits, Rate};
+use crate::limits::{Limits, Rate, TenantLimiter};
 use crate::metrics::Metrics;
 use crate::model::{Action, ArtifactFile, CheckAnswer, DeletedFile, VersionInfo, VersionList, listing_json, rfc3339};
 
@@ -73,7 +73,9 @@ struct Inner {
     blobs: Blobs,
     config: GatewayConfig,
     keys: Cache<String, Option<KeyRecord>>,
-    apps: Cache<(i64, Name), Option<Arc<AppView>>>,
+    /// Per tenant: its limiter and its apps' release lists, in one entry
+    /// (one lookup per request, one cache entry's overhead per tenant).
+    tenants: Cache<i64, Arc<TenantState>>,
     releases: Cache<ManifestId, Arc<ReleaseView>>,
     urls: Cache<Hash, PresignedUrl>,
     listings: Cache<ListingKey, Arc<Listing>>,
@@ -111,6 +113,19 @@ struct Listing {
     json: Arc<str>,
     /// The earliest `fresh_until` of its URLs.
     fresh_until: SystemTime,
+}
+
+/// What the gateway keeps about a tenant.
+struct TenantState {
+    limiter: TenantLimiter,
+    apps: std::sync::RwLock<HashMap<Name, Option<Arc<AppView>>>>,
+}
+
+impl TenantState {
+    fn has_app(&self, app_id: i64) -> bool {
+        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+        apps.values().any(|a| a.as_ref().is_some_and(|a| a.app_id == app_id))
+    }
 }
 
 /// An app's releases, newest first.
@@ -170,7 +185,7 @@ impl From<Manifest> for ReleaseView {
 impl Gateway {
     pub fn new(meta: Meta, blobs: Blobs, config: GatewayConfig) -> Self {
         let keys = Cache::builder().max_capacity(1_000_000).time_to_live(config.key_cache_ttl).build();
-        let apps = Cache::builder()
+        let tenants = Cache::builder()
             .max_capacity(1_000_000)
             .time_to_live(config.release_cache_ttl)
             .support_invalidation_closures()
@@ -184,14 +199,14 @@ impl Gateway {
         // A URL is handed out only while at least half its lifetime remains.
         let urls = Cache::builder().max_capacity(1_000_000).time_to_live(config.presign_lifetime / 2).build();
         let listings = Cache::builder().max_capacity(200_000).time_to_live(config.presign_lifetime / 2).build();
-        let limits = Limits::new(meta.clone(), &config);
+        let limits = Limits::new(&config);
         Self {
             inner: Arc::new(Inner {
                 meta,
                 blobs,
                 config,
                 keys,
-                apps,
+                tenants,
                 releases,
                 urls,
                 listings,
@@ -228,14 +243,13 @@ impl Gateway {
         tracing::debug!(?change, "cache invalidation");
         match change.clone() {
             Change::App(app_id) => {
-                let _ = inner.apps.invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|a| a.app_id == app_id));
+                let _ = inner.tenants.invalidate_entries_if(move |_, t| t.has_app(app_id));
             }
             Change::Key(id) => inner.keys.invalidate(&id).await,
-            Change::Limit(tenant_id) => inner.limits.invalidate(tenant_id).await,
+            Change::Limit(tenant_id) => inner.tenants.invalidate(&tenant_id).await,
             Change::Resync => {
-                inner.apps.invalidate_all();
+                inner.tenants.invalidate_all();
                 inner.keys.invalidate_all();
-                inner.limits.invalidate_all();
             }
         }
         let _ = inner.applied.send(change);
@@ -253,7 +267,7 @@ impl Gateway {
     /// "You run X; your private cloud runs Y; here is Y" (S0-3, S0-4, S1-3,
     /// S2-3, S2-5).
     pub async fn check(&self, p: &CheckParams) -> Result<CheckAnswer, GatewayError> {
-        let (auth, tenant, app) =
+        let (auth, state, tenant, app) =
             self.admit(p.authorization.as_deref(), p.device.as_deref(), &p.tenant, &p.app).await?;
         let current_str = required("version", &p.version)?;
         let current = parse_version(current_str).map_err(|e| GatewayError::invalid("version", e))?;
@@ -264,7 +278,7 @@ impl Gateway {
         let want = optional(&p.want).map(parse_version).transpose().map_err(|e| GatewayError::invalid("want", e))?;
         let have = optional(&p.have).map(parse_manifest_id).transpose()?;
 
-        let view = self.app_view(&auth, &tenant, &app).await?;
+        let view = self.app_view(&auth, &state, &tenant, &app).await?;
         let target = match (&want, &view.deployed) {
             (Some(want), _) => view
                 .versions
@@ -368,8 +382,8 @@ impl Gateway {
         tenant: &Option<String>,
         app: &Option<String>,
     ) -> Result<VersionList, GatewayError> {
-        let (auth, tenant, app) = self.admit(authorization, device, tenant, app).await?;
-        let view = self.app_view(&auth, &tenant, &app).await?;
+        let (auth, state, tenant, app) = self.admit(authorization, device, tenant, app).await?;
+        let view = self.app_view(&auth, &state, &tenant, &app).await?;
         Ok(VersionList {
             deployed: view.deployed.as_ref().map(ToString::to_string),
             versions: view
@@ -393,9 +407,10 @@ impl Gateway {
         device: Option<&str>,
         tenant: &Option<String>,
         app: &Option<String>,
-    ) -> Result<(Authenticated, Name, Name), GatewayError> {
+    ) -> Result<(Authenticated, Arc<TenantState>, Name, Name), GatewayError> {
         let auth = self.authenticate(authorization).await?;
-        self.inner.limits.admit(&auth, device, &self.inner.metrics).await?;
+        let state = self.tenant(auth.tenant_id).await?;
+        self.inner.limits.admit(&state.limiter, auth.tenant_id, device, &self.inner.metrics)?;
         let tenant_str = required("tenant", tenant)?;
         let app_str = required("app", app)?;
         let tenant = Name::parse("tenant", tenant_str).map_err(|e| GatewayError::invalid("tenant", e))?;
@@ -403,7 +418,29 @@ impl Gateway {
         if auth.tenant != tenant {
             return Err(GatewayError::app_not_found(tenant.as_str(), app.as_str()));
         }
-        Ok((auth, tenant, app))
+        Ok((auth, state, tenant, app))
+    }
+
+    /// The tenant's cached state, loading its rate limit on a miss.
+    async fn tenant(&self, tenant_id: i64) -> Result<Arc<TenantState>, GatewayError> {
+        let inner = self.inner.clone();
+        let state = self
+            .inner
+            .tenants
+            .try_get_with(tenant_id, async move {
+                let default = inner.config.tenant_rate;
+                let rate = inner
+                    .meta
+                    .tenant_limit(tenant_id)
+                    .await?
+                    .map_or(default, |(per_second, burst)| Rate { per_second, burst });
+                Ok::<_, ferry_store::StoreError>(Arc::new(TenantState {
+                    limiter: inner.limits.tenant_limiter(rate),
+                    apps: Default::default(),
+                }))
+            })
+            .await?;
+        Ok(state)
     }
 
     async fn authenticate(&self, authorization: Option<&str>) -> Result<Authenticated, GatewayError> {
@@ -420,34 +457,44 @@ impl Gateway {
         record.and_then(|r| r.check(&key)).ok_or_else(|| GatewayError::unauthenticated("unknown or revoked client key"))
     }
 
-    async fn app_view(&self, auth: &Authenticated, tenant: &Name, app: &Name) -> Result<Arc<AppView>, GatewayError> {
-        let meta = self.inner.meta.clone();
-        let (tenant_id, name) = (auth.tenant_id, app.clone());
-        let view = self
-            .inner
-            .apps
-            .try_get_with((tenant_id, app.clone()), async move {
-                let Some(rows) = meta.app_releases(tenant_id, &name).await? else { return Ok(None) };
-                let mut versions: Vec<VersionEntry> = rows
-                    .releases
-                    .into_iter()
-                    .filter_map(|r| {
-                        let version = parse_version(&r.version).ok()?;
-                        Some(VersionEntry {
-                            version_text: version.to_string(),
-                            manifest_hex: r.manifest_id.to_string(),
-                            version,
-                            manifest_id: r.manifest_id,
-                            published_at: r.published_at,
-                        })
-                    })
-                    .collect();
-                versions.sort_by(|a, b| b.version.cmp_precedence(&a.version).then_with(|| b.version.cmp(&a.version)));
-                let deployed = rows.deployed.and_then(|v| parse_version(&v).ok());
-                Ok::<_, ferry_store::StoreError>(Some(Arc::new(AppView { app_id: rows.app_id, deployed, versions })))
-            })
-            .await?;
+    async fn app_view(
+        &self,
+        auth: &Authenticated,
+        state: &TenantState,
+        tenant: &Name,
+        app: &Name,
+    ) -> Result<Arc<AppView>, GatewayError> {
+        let cached = state.apps.read().unwrap_or_else(|e| e.into_inner()).get(app).cloned();
+        let view = match cached {
+            Some(view) => view,
+            None => {
+                let view = self.load_app_view(auth.tenant_id, app).await?;
+                state.apps.write().unwrap_or_else(|e| e.into_inner()).insert(app.clone(), view.clone());
+                view
+            }
+        };
         view.ok_or_else(|| GatewayError::app_not_found(tenant.as_str(), app.as_str()))
+    }
+
+    async fn load_app_view(&self, tenant_id: i64, app: &Name) -> Result<Option<Arc<AppView>>, GatewayError> {
+        let Some(rows) = self.inner.meta.app_releases(tenant_id, app).await? else { return Ok(None) };
+        let mut versions: Vec<VersionEntry> = rows
+            .releases
+            .into_iter()
+            .filter_map(|r| {
+                let version = parse_version(&r.version).ok()?;
+                Some(VersionEntry {
+                    version_text: version.to_string(),
+                    manifest_hex: r.manifest_id.to_string(),
+                    version,
+                    manifest_id: r.manifest_id,
+                    published_at: r.published_at,
+                })
+            })
+            .collect();
+        versions.sort_by(|a, b| b.version.cmp_precedence(&a.version).then_with(|| b.version.cmp(&a.version)));
+        let deployed = rows.deployed.and_then(|v| parse_version(&v).ok());
+        Ok(Some(Arc::new(AppView { app_id: rows.app_id, deployed, versions })))
     }
 
     /// A release's file list. `id` must be a release of `tenant_id`'s (it

@@ -6,10 +6,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_store::{Authenticated, Meta};
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use moka::future::Cache;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::core::GatewayConfig;
 use crate::error::GatewayError;
@@ -33,16 +31,24 @@ impl Rate {
     }
 }
 
+/// Per-device limits, and the clock every tenant limiter shares (making a
+/// clock calibrates it: once, not per tenant).
 pub(crate) struct Limits {
-    meta: Meta,
-    default_tenant: Rate,
-    tenants: Cache<i64, Arc<DefaultDirectRateLimiter>>,
     devices: Arc<DefaultKeyedRateLimiter<(i64, String)>>,
     clock: DefaultClock,
 }
 
+/// A tenant's limiter.
+pub(crate) type TenantLimiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    DefaultClock,
+    governor::middleware::NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+
 impl Limits {
-    pub(crate) fn new(meta: Meta, config: &GatewayConfig) -> Self {
+    pub(crate) fn new(config: &GatewayConfig) -> Self {
+        let clock = DefaultClock::default();
         let devices = Arc::new(RateLimiter::keyed(config.device_rate.quota()));
         // Forget devices that have been quiet long enough to be back at a
         // full burst: the table stays as large as the active devices.
@@ -56,43 +62,23 @@ impl Limits {
                 devices.shrink_to_fit();
             }
         });
-        Self {
-            meta,
-            default_tenant: config.tenant_rate,
-            tenants: Cache::builder().max_capacity(1_000_000).time_to_live(config.release_cache_ttl).build(),
-            devices,
-            clock: DefaultClock::default(),
-        }
+        Self { devices, clock }
     }
 
-    pub(crate) async fn invalidate(&self, tenant_id: i64) {
-        self.tenants.invalidate(&tenant_id).await;
+    /// A limiter for a tenant's rate.
+    pub(crate) fn tenant_limiter(&self, rate: Rate) -> TenantLimiter {
+        RateLimiter::direct_with_clock(rate.quota(), self.clock.clone())
     }
 
-    pub(crate) fn invalidate_all(&self) {
-        self.tenants.invalidate_all();
-    }
-
-    /// Admits one request of `auth`'s tenant (and device), or says when to
-    /// retry.
-    pub(crate) async fn admit(
+    /// Admits one request of a tenant (and device), or says when to retry.
+    pub(crate) fn admit(
         &self,
-        auth: &Authenticated,
+        tenant: &TenantLimiter,
+        tenant_id: i64,
         device: Option<&str>,
         metrics: &Metrics,
     ) -> Result<(), GatewayError> {
-        let (meta, tenant_id, default) = (self.meta.clone(), auth.tenant_id, self.default_tenant);
-        let limiter = self
-            .tenants
-            .try_get_with(tenant_id, async move {
-                let rate = meta
-                    .tenant_limit(tenant_id)
-                    .await?
-                    .map_or(default, |(per_second, burst)| Rate { per_second, burst });
-                Ok::<_, ferry_store::StoreError>(Arc::new(RateLimiter::direct(rate.quota())))
-            })
-            .await?;
-        if let Err(not_until) = limiter.check() {
+        if let Err(not_until) = tenant.check() {
             metrics.shed("tenant");
             return Err(GatewayError::rate_limited("tenant", retry_after(not_until.wait_time_from(self.clock.now()))));
         }
@@ -104,7 +90,7 @@ impl Limits {
                 metrics.shed("device");
                 return Err(GatewayError::rate_limited(
                     "device",
-                    retry_after(not_until.wait_time_from(self.clock.now())),
+                    retry_after(not_until.wait_time_from(self.devices.clock().now())),
                 ));
             }
         }
