@@ -115,6 +115,10 @@ struct Listing {
     fresh_until: SystemTime,
 }
 
+/// Apps remembered per tenant (real apps are few; the cap bounds what
+/// lookups of made-up names can add).
+const MAX_CACHED_APPS_PER_TENANT: usize = 64;
+
 /// What the gateway keeps about a tenant.
 struct TenantState {
     limiter: TenantLimiter,
@@ -193,12 +197,18 @@ impl Gateway {
         // Releases are immutable: kept until memory pressure evicts them,
         // weighed by their number of files.
         let releases = Cache::builder()
-            .max_capacity(2_000_000)
+            .max_capacity(500_000)
             .weigher(|_, r: &Arc<ReleaseView>| r.artifacts.iter().map(|a| a.files.len() as u32 + 1).sum())
             .build();
         // A URL is handed out only while at least half its lifetime remains.
         let urls = Cache::builder().max_capacity(1_000_000).time_to_live(config.presign_lifetime / 2).build();
-        let listings = Cache::builder().max_capacity(200_000).time_to_live(config.presign_lifetime / 2).build();
+        // Weighed in bytes: `platform` is the client's to choose, so the
+        // number of distinct lists is not; their memory is (64 MiB).
+        let listings = Cache::builder()
+            .max_capacity(64 * 1024 * 1024)
+            .weigher(|_, l: &Arc<Listing>| u32::try_from(2 * l.json.len() + 256).unwrap_or(u32::MAX))
+            .time_to_live(config.presign_lifetime / 2)
+            .build();
         let limits = Limits::new(&config);
         Self {
             inner: Arc::new(Inner {
@@ -469,7 +479,12 @@ impl Gateway {
             Some(view) => view,
             None => {
                 let view = self.load_app_view(auth.tenant_id, app).await?;
-                state.apps.write().unwrap_or_else(|e| e.into_inner()).insert(app.clone(), view.clone());
+                let mut apps = state.apps.write().unwrap_or_else(|e| e.into_inner());
+                // Names that do not exist are remembered only a few at a
+                // time: a client may ask for any name it likes.
+                if view.is_some() || apps.len() < MAX_CACHED_APPS_PER_TENANT {
+                    apps.insert(app.clone(), view.clone());
+                }
                 view
             }
         };
