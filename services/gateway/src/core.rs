@@ -72,10 +72,10 @@ struct Inner {
     meta: Meta,
     blobs: Blobs,
     config: GatewayConfig,
-    keys: Cache<String, Option<KeyRecord>>,
+    keys: moka::sync::Cache<String, Option<KeyRecord>>,
     /// Per tenant: its limiter and its apps' release lists, in one entry
     /// (one lookup per request, one cache entry's overhead per tenant).
-    tenants: Cache<i64, Arc<TenantState>>,
+    tenants: moka::sync::Cache<i64, Arc<TenantState>>,
     releases: Cache<ManifestId, Arc<ReleaseView>>,
     urls: Cache<Hash, PresignedUrl>,
     listings: Cache<ListingKey, Arc<Listing>>,
@@ -188,8 +188,10 @@ impl From<Manifest> for ReleaseView {
 
 impl Gateway {
     pub fn new(meta: Meta, blobs: Blobs, config: GatewayConfig) -> Self {
-        let keys = Cache::builder().max_capacity(1_000_000).time_to_live(config.key_cache_ttl).build();
-        let tenants = Cache::builder()
+        // Plain (non-async) caches for the two per-request lookups: a hit is
+        // a function call, not a future.
+        let keys = moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(config.key_cache_ttl).build();
+        let tenants = moka::sync::Cache::builder()
             .max_capacity(1_000_000)
             .time_to_live(config.release_cache_ttl)
             .support_invalidation_closures()
@@ -255,8 +257,8 @@ impl Gateway {
             Change::App(app_id) => {
                 let _ = inner.tenants.invalidate_entries_if(move |_, t| t.has_app(app_id));
             }
-            Change::Key(id) => inner.keys.invalidate(&id).await,
-            Change::Limit(tenant_id) => inner.tenants.invalidate(&tenant_id).await,
+            Change::Key(id) => inner.keys.invalidate(&id),
+            Change::Limit(tenant_id) => inner.tenants.invalidate(&tenant_id),
             Change::Resync => {
                 inner.tenants.invalidate_all();
                 inner.keys.invalidate_all();
@@ -433,24 +435,19 @@ impl Gateway {
 
     /// The tenant's cached state, loading its rate limit on a miss.
     async fn tenant(&self, tenant_id: i64) -> Result<Arc<TenantState>, GatewayError> {
-        let inner = self.inner.clone();
-        let state = self
+        if let Some(state) = self.inner.tenants.get(&tenant_id) {
+            return Ok(state);
+        }
+        let default = self.inner.config.tenant_rate;
+        let rate = self
             .inner
-            .tenants
-            .try_get_with(tenant_id, async move {
-                let default = inner.config.tenant_rate;
-                let rate = inner
-                    .meta
-                    .tenant_limit(tenant_id)
-                    .await?
-                    .map_or(default, |(per_second, burst)| Rate { per_second, burst });
-                Ok::<_, ferry_store::StoreError>(Arc::new(TenantState {
-                    limiter: inner.limits.tenant_limiter(rate),
-                    apps: Default::default(),
-                }))
-            })
-            .await?;
-        Ok(state)
+            .meta
+            .tenant_limit(tenant_id)
+            .await?
+            .map_or(default, |(per_second, burst)| Rate { per_second, burst });
+        let state = Arc::new(TenantState { limiter: self.inner.limits.tenant_limiter(rate), apps: Default::default() });
+        // Two requests racing on a miss keep whichever entry landed first.
+        Ok(self.inner.tenants.entry(tenant_id).or_insert(state).into_value())
     }
 
     async fn authenticate(&self, authorization: Option<&str>) -> Result<Authenticated, GatewayError> {
@@ -461,9 +458,14 @@ impl Gateway {
         if key.role != KeyRole::Client {
             return Err(GatewayError::unauthenticated("not a client key"));
         }
-        let meta = self.inner.meta.clone();
-        let id = key.id.clone();
-        let record = self.inner.keys.try_get_with(key.id.clone(), async move { meta.key_record(&id).await }).await?;
+        let record = match self.inner.keys.get(&key.id) {
+            Some(record) => record,
+            None => {
+                let record = self.inner.meta.key_record(&key.id).await?;
+                self.inner.keys.insert(key.id.clone(), record.clone());
+                record
+            }
+        };
         record.and_then(|r| r.check(&key)).ok_or_else(|| GatewayError::unauthenticated("unknown or revoked client key"))
     }
 
