@@ -48,6 +48,31 @@ pub fn init(service: &'static str, default_level: &str) -> anyhow::Result<Guard>
     Ok(Guard { provider })
 }
 
+/// Runs a binary's `main` body: sets telemetry up for `service`, awaits
+/// `body`, and turns an error into one line on stderr (`error: ` and the
+/// chain of causes) and a failing exit code. Every Ferry binary ends the
+/// same way.
+pub async fn run_main(
+    service: &'static str,
+    default_level: &str,
+    body: impl Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let result = match init(service, default_level) {
+        Ok(_guard) => body.await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn otlp_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
     let instance = format!("{}-{}", hostname(), std::process::id());

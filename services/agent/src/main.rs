@@ -66,17 +66,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = ferry_telemetry::init("ferry-agent", "warn");
-    match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("error: {e:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    ferry_telemetry::run_main("ferry-agent", "warn", Box::pin(run(cli.command))).await
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -1,7 +1,5 @@
 //! ferry-gateway: thin binary over the library.
 
-use std::process::ExitCode;
-
 use clap::{Parser, Subcommand};
 use ferry_gateway::config::ServeConfig;
 use ferry_gateway::{Gateway, serve};
@@ -24,22 +22,9 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let _telemetry = match ferry_telemetry::init("ferry-gateway", "info") {
-        Ok(guard) => guard,
-        Err(e) => return fail(&e),
-    };
-    match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
-    }
-}
-
-#[allow(clippy::print_stderr)]
-fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
-    ExitCode::FAILURE
+    ferry_telemetry::run_main("ferry-gateway", "info", Box::pin(run(cli.command))).await
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

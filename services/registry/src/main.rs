@@ -32,20 +32,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let _telemetry = match ferry_telemetry::init("ferry-registry", "info") {
-        Ok(guard) => guard,
-        Err(e) => return fail(&e),
-    };
-    match run(cli.command).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => fail(&e),
-    }
-}
-
-#[allow(clippy::print_stderr)]
-fn fail(e: &anyhow::Error) -> std::process::ExitCode {
-    eprintln!("error: {e:#}");
-    std::process::ExitCode::FAILURE
+    ferry_telemetry::run_main("ferry-registry", "info", Box::pin(run(cli.command))).await
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

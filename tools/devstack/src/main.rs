@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use ferry_registry::Registry;
@@ -22,21 +21,8 @@ const TENANT: &str = "acme";
 const APP: &str = "crm";
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let _telemetry = match ferry_telemetry::init("ferry-dev", "info") {
-        Ok(guard) => guard,
-        Err(e) => return fail(&e),
-    };
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
-    }
-}
-
-#[allow(clippy::print_stderr)]
-fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
-    ExitCode::FAILURE
+async fn main() -> std::process::ExitCode {
+    ferry_telemetry::run_main("ferry-dev", "info", Box::pin(run())).await
 }
 
 async fn run() -> anyhow::Result<()> {
