@@ -295,19 +295,34 @@ impl Meta {
 
     /// Which of `hashes` this tenant already holds.
     pub async fn tenant_chunks(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
+        self.hashes_present("tenant_chunks", Some(tenant_id), hashes).await
+    }
+
+    /// Which of `hashes` are rows of `table` (for `tenant_id`, if given).
+    /// `table` is one of this module's constants, never input.
+    async fn hashes_present(
+        &self,
+        table: &'static str,
+        tenant_id: Option<i64>,
+        hashes: &[Hash],
+    ) -> Result<HashSet<Hash>, StoreError> {
         let client = self.pool.get().await?;
-        let mut held = HashSet::new();
+        let mut present = HashSet::new();
         // Batches keep each statement's parameter small on huge manifests.
         for batch in hashes.chunks(10_000) {
             let keys: Vec<&[u8]> = batch.iter().map(|h| h.as_bytes().as_slice()).collect();
-            let rows = client
-                .query("SELECT hash FROM tenant_chunks WHERE tenant_id = $1 AND hash = ANY($2)", &[&tenant_id, &keys])
-                .await?;
-            held.extend(
+            let rows = match tenant_id {
+                Some(tenant_id) => {
+                    let sql = format!("SELECT hash FROM {table} WHERE tenant_id = $1 AND hash = ANY($2)");
+                    client.query(&sql, &[&tenant_id, &keys]).await?
+                }
+                None => client.query(&format!("SELECT hash FROM {table} WHERE hash = ANY($1)"), &[&keys]).await?,
+            };
+            present.extend(
                 rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes),
             );
         }
-        Ok(held)
+        Ok(present)
     }
 
     /// Records that a chunk is in S3 and that the tenant holds it. Returns
@@ -330,20 +345,12 @@ impl Meta {
 
     /// Which of `hashes` are assembled in S3 as whole files (by anyone).
     pub async fn files_stored(&self, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
-        let client = self.pool.get().await?;
-        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
-        let rows = client.query("SELECT hash FROM files WHERE hash = ANY($1)", &[&keys]).await?;
-        Ok(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes).collect())
+        self.hashes_present("files", None, hashes).await
     }
 
     /// Which of `hashes` this tenant has proved it can rebuild.
     pub async fn tenant_files(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
-        let client = self.pool.get().await?;
-        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
-        let rows = client
-            .query("SELECT hash FROM tenant_files WHERE tenant_id = $1 AND hash = ANY($2)", &[&tenant_id, &keys])
-            .await?;
-        Ok(rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes).collect())
+        self.hashes_present("tenant_files", Some(tenant_id), hashes).await
     }
 
     /// Records that a whole file is assembled in S3 and that the tenant's
