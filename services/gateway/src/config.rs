@@ -60,6 +60,9 @@ impl ServeConfig {
         if self.s3_bucket.trim().is_empty() {
             anyhow::bail!("FERRY_S3_BUCKET is empty");
         }
+        if self.db_max_connections == 0 {
+            anyhow::bail!("FERRY_DB_MAX_CONNECTIONS must be at least 1");
+        }
         if !(60..=7 * 24 * 3600).contains(&self.url_ttl_seconds) {
             anyhow::bail!("FERRY_URL_TTL_SECONDS must be between 60 and 604800, got {}", self.url_ttl_seconds);
         }

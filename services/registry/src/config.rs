@@ -63,6 +63,9 @@ impl ServeConfig {
         if self.s3_bucket.trim().is_empty() {
             anyhow::bail!("FERRY_S3_BUCKET is empty");
         }
+        if self.database.db_max_connections == 0 {
+            anyhow::bail!("FERRY_DB_MAX_CONNECTIONS must be at least 1");
+        }
         Ok(())
     }
 }
