@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_agent::{Connection, Progress, PublishRequest, PublishSummary};
 use ferry_gateway::{Gateway, GatewayConfig};
-use ferry_registry::{Registry, Tls};
+use ferry_registry::{Registry, RegistrySettings, Tls};
 use ferry_release::{ArtifactSpec, Name};
 use ferry_store::{Blobs, KeyRole, Meta, S3Settings};
 use ferry_testkit::S3Server;
@@ -46,27 +46,32 @@ impl Stack {
     }
 
     pub async fn start_with_tls(tls: Option<Tls>) -> Self {
+        // Garbage collection and alerts only when a test runs them.
+        Self::start_configured(tls, RegistrySettings { gc_interval: None, alerts: None, ..RegistrySettings::default() })
+            .await
+    }
+
+    /// A stack whose registry has these settings (listener limits, ...).
+    pub async fn start_configured(tls: Option<Tls>, settings: RegistrySettings) -> Self {
         let s3 = S3Server::start_temp().expect("s3 server");
         let bucket = s3.create_bucket().await.expect("bucket");
         let database_url = ferry_testkit::fresh_database().await.expect("database");
         let meta = ferry_store::connect(&database_url, 8).expect("pool");
         meta.migrate().await.expect("migrations");
-        let blobs = Blobs::from_settings(
-            &S3Settings {
-                endpoint: Some(s3.endpoint.clone()),
-                region: s3.region.clone(),
-                access_key_id: s3.access_key_id.clone(),
-                secret_access_key: s3.secret_access_key.clone(),
-                force_path_style: true,
-            },
-            bucket,
-        );
+        let s3_settings = S3Settings {
+            endpoint: Some(s3.endpoint.clone()),
+            region: s3.region.clone(),
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+            force_path_style: true,
+        };
+        let blobs = Blobs::from_settings(&s3_settings, bucket);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let scheme = if tls.is_some() { "https://localhost" } else { "http://127.0.0.1" };
         let url = format!("{scheme}:{}", addr.port());
         let (stop, stopped) = oneshot::channel::<()>();
-        let registry = Registry::new(meta.clone(), blobs.clone());
+        let registry = Registry::with_settings(meta.clone(), blobs.clone(), settings);
         tokio::spawn(async move {
             ferry_registry::serve(registry, listener, tls, async {
                 let _ = stopped.await;
@@ -80,11 +85,50 @@ impl Stack {
     /// Starts a gateway on this stack's database and bucket; returns once
     /// it listens for change notifications (no change can be missed).
     pub async fn gateway(&self, config: GatewayConfig) -> GatewayHandle {
-        let gateway = Gateway::new(self.meta.clone(), self.blobs.clone(), config);
+        self.serve_gateway(Gateway::new(self.meta.clone(), self.blobs.clone(), config)).await
+    }
+
+    /// S3 settings of this stack's server (for blobs with other credentials).
+    pub fn s3_settings(&self) -> S3Settings {
+        S3Settings {
+            endpoint: Some(self.s3.endpoint.clone()),
+            region: self.s3.region.clone(),
+            access_key_id: self.s3.access_key_id.clone(),
+            secret_access_key: self.s3.secret_access_key.clone(),
+            force_path_style: true,
+        }
+    }
+
+    /// What a child process needs to reach this stack's database and
+    /// bucket, as environment variables; the child reads them back with
+    /// [`StackEnv::from_env`].
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("S3_ENDPOINT", self.s3.endpoint.clone()),
+            ("S3_REGION", self.s3.region.clone()),
+            ("S3_KEY", self.s3.access_key_id.clone()),
+            ("S3_SECRET", self.s3.secret_access_key.clone()),
+            ("S3_BUCKET", self.blobs.bucket().to_owned()),
+        ]
+    }
+
+    /// Serves `gateway` (made by the test, e.g. with its own clock) over
+    /// HTTP and gRPC, following this stack's database for changes.
+    pub async fn serve_gateway(&self, gateway: Gateway) -> GatewayHandle {
         let mut applied = gateway.applied();
         gateway.follow(ferry_store::listen(&self.database_url).expect("listen"));
         // The first thing a listener reports is that it is listening.
-        assert_eq!(applied.recv().await.unwrap(), ferry_store::Change::Resync);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), applied.recv())
+            .await
+            .expect("the gateway starts listening for changes within 30 s");
+        assert_eq!(first.unwrap(), ferry_store::Change::Resync);
+        self.serve_gateway_following(gateway).await
+    }
+
+    /// Serves a gateway that already follows changes (the test set that
+    /// up, e.g. through a relay).
+    pub async fn serve_gateway_following(&self, gateway: Gateway) -> GatewayHandle {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_url, grpc_url) =
@@ -166,6 +210,7 @@ pub async fn publish_to(
         artifacts: specs(artifacts),
         deploy,
         retries: 0,
+        compatible: None,
     };
     ferry_agent::publish(conn, &req, &Progress::hidden()).await
 }
@@ -204,9 +249,46 @@ impl Release {
         vec![("mobile", self.apk.as_path()), ("web", self.web.as_path()), ("api", self.api.as_path())]
     }
 
+    /// Every distinct chunk of this release with its bytes, in manifest
+    /// order (for tests that speak the upload protocol themselves).
+    pub fn chunks(&self, version: &str) -> Vec<(ferry_release::Hash, Vec<u8>)> {
+        let manifest = self.manifest(version);
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for artifact in &manifest.artifacts {
+            for file in &artifact.files {
+                let path = match artifact.name.as_str() {
+                    "mobile" => self.apk.clone(),
+                    "api" => self.api.clone(),
+                    _ => self.web.join(file.path.as_str()),
+                };
+                let data = std::fs::read(path).unwrap();
+                let mut offset = 0;
+                for chunk in &file.chunks {
+                    let end = offset + chunk.len as usize;
+                    if seen.insert(chunk.hash) {
+                        out.push((chunk.hash, data[offset..end].to_vec()));
+                    }
+                    offset = end;
+                }
+            }
+        }
+        out
+    }
+
     /// The manifest the agent packs for this release as `version`.
     pub fn manifest(&self, version: &str) -> ferry_release::Manifest {
-        ferry_release::pack(version.parse().unwrap(), &specs(&self.artifacts()), &|_| {}).unwrap()
+        self.manifest_of("acme", version)
+    }
+
+    /// The manifest the agent of `tenant` packs for this release of crm.
+    pub fn manifest_of(&self, tenant: &str, version: &str) -> ferry_release::Manifest {
+        let mut manifest = ferry_release::pack(version.parse().unwrap(), &specs(&self.artifacts()), &|_| {}).unwrap();
+        manifest.owner = Some(ferry_release::Owner {
+            tenant: Name::parse("tenant", tenant).unwrap(),
+            app: Name::parse("app", "crm").unwrap(),
+        });
+        manifest
     }
 }
 
@@ -216,4 +298,33 @@ pub fn self_signed_tls() -> (Tls, Vec<u8>) {
     let cert_pem = cert.cert.pem().into_bytes();
     let tls = Tls { cert_pem: cert_pem.clone(), key_pem: cert.signing_key.serialize_pem().into_bytes() };
     (tls, cert_pem)
+}
+
+/// A stack as a child process sees it (see [`Stack::child_env`]).
+pub struct StackEnv {
+    pub database_url: String,
+    pub s3: S3Settings,
+    pub bucket: String,
+}
+
+impl StackEnv {
+    /// Reads what [`Stack::child_env`] set; the error names what is missing.
+    pub fn from_env() -> Result<Self, String> {
+        let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set (by the parent)"));
+        Ok(Self {
+            database_url: env("DATABASE_URL")?,
+            s3: S3Settings {
+                endpoint: Some(env("S3_ENDPOINT")?),
+                region: env("S3_REGION")?,
+                access_key_id: env("S3_KEY")?,
+                secret_access_key: env("S3_SECRET")?,
+                force_path_style: true,
+            },
+            bucket: env("S3_BUCKET")?,
+        })
+    }
+
+    pub fn blobs(&self) -> Blobs {
+        Blobs::from_settings(&self.s3, self.bucket.clone())
+    }
 }

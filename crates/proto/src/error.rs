@@ -81,7 +81,13 @@ pub fn to_status<E: ServiceError>(err: &E) -> tonic::Status {
     }
 }
 
-/// Formats an error with its chain of sources: `a: b: c`.
+/// Formats an error with its chain of sources, `a: b: c`, for logs: every
+/// internal or unavailable error is logged this way, so the cause (the
+/// SQL error, the refused connection) is never dropped.
+pub fn error_chain(err: &dyn std::error::Error) -> impl std::fmt::Display + '_ {
+    DisplayChain(err)
+}
+
 struct DisplayChain<'a>(&'a dyn std::error::Error);
 
 impl std::fmt::Display for DisplayChain<'_> {
@@ -103,19 +109,55 @@ mod tests {
     #[test]
     fn every_kind_maps_to_matching_grpc_and_http() {
         let kinds = [
-            (ErrorKind::InvalidArgument, 400),
-            (ErrorKind::Unauthenticated, 401),
-            (ErrorKind::PermissionDenied, 403),
-            (ErrorKind::NotFound, 404),
-            (ErrorKind::AlreadyExists, 409),
-            (ErrorKind::FailedPrecondition, 412),
-            (ErrorKind::ResourceExhausted, 429),
-            (ErrorKind::Unavailable, 503),
-            (ErrorKind::Internal, 500),
+            (ErrorKind::InvalidArgument, 400, Code::InvalidArgument),
+            (ErrorKind::Unauthenticated, 401, Code::Unauthenticated),
+            (ErrorKind::PermissionDenied, 403, Code::PermissionDenied),
+            (ErrorKind::NotFound, 404, Code::NotFound),
+            (ErrorKind::AlreadyExists, 409, Code::AlreadyExists),
+            (ErrorKind::FailedPrecondition, 412, Code::FailedPrecondition),
+            (ErrorKind::ResourceExhausted, 429, Code::ResourceExhausted),
+            (ErrorKind::Unavailable, 503, Code::Unavailable),
+            (ErrorKind::Internal, 500, Code::Internal),
         ];
-        for (kind, http) in kinds {
+        for (kind, http, grpc) in kinds {
             assert_eq!(kind.http_status().as_u16(), http, "{kind:?}");
-            assert_ne!(kind.grpc_code(), Code::Ok);
+            assert_eq!(kind.grpc_code(), grpc, "{kind:?}");
         }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{message}")]
+    struct Failure {
+        kind: ErrorKind,
+        message: &'static str,
+        #[source]
+        source: Option<std::io::Error>,
+    }
+
+    impl ServiceError for Failure {
+        fn kind(&self) -> ErrorKind {
+            self.kind
+        }
+    }
+
+    #[test]
+    fn internal_details_never_reach_the_caller() {
+        let err = Failure {
+            kind: ErrorKind::Internal,
+            message: "query SELECT secret_hash FROM api_keys failed",
+            source: Some(std::io::Error::other("connection to 10.0.0.7:5432 reset")),
+        };
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("SELECT") && !status.message().contains("10.0.0.7"), "{status:?}");
+    }
+
+    #[test]
+    fn other_kinds_carry_their_message() {
+        let err = Failure { kind: ErrorKind::NotFound, message: "app acme/erp not found", source: None };
+        let status = to_status(&err);
+        assert_eq!((status.code(), status.message()), (Code::NotFound, "app acme/erp not found"));
+        let err = Failure { kind: ErrorKind::Unavailable, message: "s3 is unavailable", source: None };
+        assert_eq!(to_status(&err).message(), "s3 is unavailable; retry later");
     }
 }

@@ -6,7 +6,7 @@
 
 mod error;
 
-pub use error::{ErrorKind, ServiceError, to_status};
+pub use error::{ErrorKind, ServiceError, error_chain, to_status};
 
 pub mod registry {
     pub mod v1 {

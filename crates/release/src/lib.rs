@@ -11,12 +11,14 @@
 mod manifest;
 mod name;
 mod pack;
+mod quote;
 mod version;
 
 pub use manifest::{
     ArtifactKind, ArtifactManifest, ChunkRef, FileEntry, Hash, MAX_MANIFEST_BYTES, Manifest, ManifestError, ManifestId,
-    RelPath,
+    Owner, RelPath,
 };
 pub use name::{Name, NameError};
 pub use pack::{ArtifactSpec, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, PackError, pack, pack_file};
+pub use quote::Quoted;
 pub use version::{VersionError, parse_version};

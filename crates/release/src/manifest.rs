@@ -1,10 +1,14 @@
 //! The manifest and its canonical encoding (S3-1, S3-3).
 //!
-//! Encoding, version 1 (all integers unsigned LEB128, minimal form; strings are
-//! a length then UTF-8 bytes; hashes are 32 raw bytes):
+//! Encoding (all integers unsigned LEB128, minimal form; strings are a
+//! length then UTF-8 bytes; hashes are 32 raw bytes). Version 2 names the
+//! release's owner, so that the manifest (and a signature over it, later)
+//! says whose release it is (S1-8); version 1, without an owner, is still
+//! read:
 //!
 //! ```text
-//! manifest = "FERRYMF" 0x01  version:str  n:int  artifact*n
+//! manifest = "FERRYMF" 0x02  version:str  tenant:str  app:str  n:int  artifact*n
+//!          | "FERRYMF" 0x01  version:str  n:int  artifact*n
 //! artifact = name:str  kind:u8 (0 file, 1 directory)  n:int platform:str*n  n:int file*n
 //! file     = path:str  size:int  mode:int  blake3:[32]  n:int chunk*n
 //! chunk    = len:int  blake3:[32]
@@ -28,6 +32,7 @@ use crate::version::parse_version;
 pub type Hash = blake3::Hash;
 
 const MAGIC: &[u8; 8] = b"FERRYMF\x01";
+const MAGIC_V2: &[u8; 8] = b"FERRYMF\x02";
 
 /// The largest manifest a registry accepts: about 460,000 chunks, i.e.
 /// roughly 28 GiB of artifacts in one release.
@@ -59,8 +64,17 @@ impl fmt::Display for ManifestId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub version: semver::Version,
+    /// Whose release this is; `None` only in manifests of format version 1.
+    pub owner: Option<Owner>,
     /// Sorted by name, names unique.
     pub artifacts: Vec<ArtifactManifest>,
+}
+
+/// The tenant and app a release belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub tenant: Name,
+    pub app: Name,
 }
 
 /// Whether an artifact was packed from one file or from a directory.
@@ -108,7 +122,12 @@ pub struct ChunkRef {
 }
 
 /// A relative path inside a directory artifact: `/`-separated, no empty,
-/// `.` or `..` segments, no leading `/`, no NUL or backslash.
+/// `.` or `..` segments, no leading `/`, no NUL or backslash. Clients write
+/// these paths on their own file systems, so names that are unsafe or
+/// ambiguous on any common one are refused too: a drive or stream colon,
+/// characters Windows forbids (`<>:"|?*`), segments ending in a dot or a
+/// space, and Windows' reserved device names (`CON`, `NUL`, `COM1`, ...,
+/// with or without an extension).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelPath(String);
 
@@ -124,10 +143,17 @@ impl RelPath {
         if input.bytes().any(|b| b == 0 || b == b'\\' || b.is_ascii_control()) {
             return Err(bad("contains a control character or a backslash"));
         }
+        if input.bytes().any(|b| matches!(b, b'<' | b'>' | b':' | b'"' | b'|' | b'?' | b'*')) {
+            return Err(bad("contains a character some file systems forbid (<>:\"|?*)"));
+        }
         for segment in input.split('/') {
             match segment {
                 "" => return Err(bad("has an empty segment or a leading or trailing '/'")),
                 "." | ".." => return Err(bad("has a '.' or '..' segment")),
+                _ if segment.ends_with(['.', ' ']) => return Err(bad("has a segment ending in a dot or a space")),
+                _ if is_reserved_device_name(segment) => {
+                    return Err(bad("has a segment that is a reserved device name on Windows"));
+                }
                 _ => {}
             }
         }
@@ -136,6 +162,23 @@ impl RelPath {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `CON`, `prn.txt`, `Com1.log`, ...: names Windows gives to devices, in any
+/// case, with or without an extension.
+fn is_reserved_device_name(segment: &str) -> bool {
+    let stem = segment.split('.').next().unwrap_or(segment).trim_end().to_ascii_uppercase();
+    match stem.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        _ => {
+            // By characters: the stem may hold any UTF-8.
+            let mut chars = stem.chars();
+            let prefix: String = chars.by_ref().take(3).collect();
+            let digit: Vec<char> = chars.collect();
+            (prefix == "COM" || prefix == "LPT")
+                && matches!(digit.as_slice(), [c] if c.is_ascii_digit() || matches!(c, '¹' | '²' | '³'))
+        }
     }
 }
 
@@ -164,7 +207,7 @@ pub enum ManifestError {
     Utf8,
     #[error("manifest {0}")]
     Invalid(String),
-    #[error("invalid path {path:?}: {reason}")]
+    #[error("invalid path {}: {reason}", crate::Quoted(path))]
     Path { path: String, reason: &'static str },
 }
 
@@ -204,11 +247,32 @@ impl Manifest {
         self.files().flat_map(|f| f.chunks.iter().copied()).filter(|c| seen.insert(c.hash)).collect()
     }
 
+    /// The identity of the content alone: the id of this manifest without
+    /// its owner. Tenants publishing the same files share it (and what is
+    /// derived from the files only, such as download lists).
+    pub fn content_id(&self) -> ManifestId {
+        ManifestId(*blake3::hash(&self.encode_as(None)).as_bytes())
+    }
+
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(self.owner.as_ref())
+    }
+
+    fn encode_as(&self, owner: Option<&Owner>) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.files().map(|f| 64 + 36 * f.chunks.len()).sum::<usize>());
-        out.extend_from_slice(MAGIC);
-        put_str(&mut out, &self.version.to_string());
+        match owner {
+            Some(owner) => {
+                out.extend_from_slice(MAGIC_V2);
+                put_str(&mut out, &self.version.to_string());
+                put_str(&mut out, owner.tenant.as_str());
+                put_str(&mut out, owner.app.as_str());
+            }
+            None => {
+                out.extend_from_slice(MAGIC);
+                put_str(&mut out, &self.version.to_string());
+            }
+        }
         put_int(&mut out, self.artifacts.len() as u64);
         for artifact in &self.artifacts {
             put_str(&mut out, artifact.name.as_str());
@@ -243,14 +307,24 @@ impl Manifest {
             return Err(ManifestError::TooLarge);
         }
         let mut r = Reader { buf: bytes };
-        if r.take(MAGIC.len())? != MAGIC {
-            return Err(ManifestError::Magic);
-        }
+        let magic = r.take(MAGIC.len())?;
+        let with_owner = match magic {
+            m if m == MAGIC_V2 => true,
+            m if m == MAGIC => false,
+            _ => return Err(ManifestError::Magic),
+        };
         let version_str = r.str()?;
         let version = parse_version(version_str).map_err(|e| ManifestError::Invalid(e.to_string()))?;
         if version.to_string() != version_str {
             return invalid(format!("version {version_str:?} is not in canonical form"));
         }
+        let owner = if with_owner {
+            let tenant = name(r.str()?, "tenant")?;
+            let app = name(r.str()?, "app")?;
+            Some(Owner { tenant, app })
+        } else {
+            None
+        };
         let n_artifacts = r.count()?;
         let mut artifacts = Vec::with_capacity(n_artifacts.min(PREALLOC));
         for _ in 0..n_artifacts {
@@ -285,7 +359,7 @@ impl Manifest {
         if !r.buf.is_empty() {
             return Err(ManifestError::Trailing(r.buf.len()));
         }
-        let manifest = Manifest { version, artifacts };
+        let manifest = Manifest { version, owner, artifacts };
         manifest.validate()?;
         Ok(manifest)
     }
@@ -443,6 +517,10 @@ mod tests {
     fn sample() -> Manifest {
         Manifest {
             version: "2.4.1-rc.1".parse().unwrap(),
+            owner: Some(Owner {
+                tenant: Name::parse("tenant", "acme").unwrap(),
+                app: Name::parse("app", "crm").unwrap(),
+            }),
             artifacts: vec![
                 ArtifactManifest {
                     name: Name::parse("artifact", "mobile").unwrap(),
@@ -471,6 +549,22 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_changes_the_id_but_not_the_content_id() {
+        let m = sample();
+        let mut other = m.clone();
+        other.owner =
+            Some(Owner { tenant: Name::parse("tenant", "globex").unwrap(), app: Name::parse("app", "crm").unwrap() });
+        assert_ne!(m.id(), other.id());
+        assert_eq!(m.content_id(), other.content_id());
+        let mut legacy = m.clone();
+        legacy.owner = None;
+        assert_eq!(legacy.id(), m.content_id(), "a version 1 manifest's id is its content id");
+        assert_eq!(&legacy.encode()[..8], MAGIC);
+        assert_eq!(Manifest::decode(&legacy.encode()).unwrap(), legacy);
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
     fn refuses_trailing_bytes_and_truncation() {
         let mut bytes = sample().encode();
         bytes.push(0);
@@ -489,13 +583,21 @@ mod tests {
 
     #[test]
     fn huge_counts_do_not_allocate_before_failing() {
-        // Magic, version, then a count of ~16 million artifacts with nothing
-        // behind them: must fail cleanly, not reserve gigabytes.
+        // A count of 2^40 artifacts with nothing behind it: refused as
+        // truncated before anything is reserved.
+        let mut bytes = MAGIC.to_vec();
+        put_str(&mut bytes, "1.0.0");
+        put_int(&mut bytes, 1 << 40);
+        assert!(matches!(Manifest::decode(&bytes), Err(ManifestError::Truncated)));
+        // A count of ~16 million artifacts with as many zero bytes behind it
+        // passes the count check; the first artifact's empty name is refused
+        // (and only PREALLOC slots were reserved for it).
         let mut bytes = MAGIC.to_vec();
         put_str(&mut bytes, "1.0.0");
         put_int(&mut bytes, 16_000_000);
         bytes.resize(bytes.len() + 16_000_000, 0);
-        assert!(Manifest::decode(&bytes).is_err());
+        let err = Manifest::decode(&bytes).unwrap_err();
+        assert!(matches!(&err, ManifestError::Invalid(m) if m.contains("must not be empty")), "{err}");
     }
 
     #[test]
@@ -522,28 +624,221 @@ mod tests {
         assert!(RelPath::parse("assets/app.js").is_ok());
     }
 
+    #[test]
+    fn refuses_paths_unsafe_on_some_client_file_system() {
+        for bad in [
+            "C:/x",
+            "c:x",
+            "file.txt:stream",
+            "a/b?.js",
+            "a*b",
+            "x<y",
+            "say\"hi\"",
+            "pipe|d",
+            "trailing.",
+            "dir./x",
+            "space /x",
+            "CON",
+            "con.txt",
+            "con/x.js",
+            "assets/Nul",
+            "COM1.log",
+            "lpt9",
+            "com²",
+        ] {
+            let e = RelPath::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid path"), "{bad}: {e}");
+        }
+        for good in ["console.js", "assets/COM10.js", "nullable.ts", "a.b.c", ".well-known/x", "auxiliary"] {
+            assert!(RelPath::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    /// Random valid manifests: versions with and without pre-release and
+    /// build parts, 1 to 3 artifacts of both kinds, platforms, nested paths,
+    /// empty files, chunk lengths of every LEB128 width.
+    fn arb_manifest() -> impl Strategy<Value = Manifest> {
+        let name = "[a-z0-9][a-z0-9_-]{0,6}";
+        let hash = any::<[u8; 32]>().prop_map(Hash::from_bytes);
+        let chunk = (prop_oneof![1u32..128, 128u32..16_384, 16_384u32..=CHUNK_MAX as u32], hash.clone())
+            .prop_map(|(len, hash)| ChunkRef { hash, len });
+        let entry = (proptest::collection::vec(chunk, 0..4), 0u32..=0o7777, hash).prop_map(|(chunks, mode, hash)| {
+            let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+            (size, mode, hash, chunks)
+        });
+        let file = |path: String, (size, mode, hash, chunks): (u64, u32, Hash, Vec<ChunkRef>)| FileEntry {
+            path: RelPath::parse(&path).unwrap(),
+            size,
+            mode,
+            hash,
+            chunks,
+        };
+        let valid = |p: &String| RelPath::parse(p).is_ok();
+        let single = ("[a-z]{1,8}\\.apk".prop_filter("valid path", valid), entry.clone())
+            .prop_map(move |(p, e)| (ArtifactKind::File, vec![file(p, e)]));
+        let tree = proptest::collection::btree_map(
+            "[a-z]{1,3}(/[a-z]([a-z.]?[a-z])?){0,2}".prop_filter("valid path", valid),
+            entry,
+            1..5,
+        )
+        .prop_map(move |files| (ArtifactKind::Directory, files.into_iter().map(|(p, e)| file(p, e)).collect()));
+        let artifact = (prop_oneof![single, tree], proptest::collection::btree_set(name, 0..3));
+        let version = (0u64..30, 0u64..300, 0u64..70_000, "(-(rc|beta)\\.(0|[1-9][0-9]?))?(\\+b[0-9]{1,3})?")
+            .prop_map(|(a, b, c, tail)| format!("{a}.{b}.{c}{tail}").parse::<semver::Version>().unwrap());
+        let artifacts = proptest::collection::btree_map(name, artifact, 1..4);
+        let owner = proptest::option::of((name, name)).prop_map(|o| {
+            o.map(|(t, a)| Owner { tenant: Name::parse("tenant", &t).unwrap(), app: Name::parse("app", &a).unwrap() })
+        });
+        (version, owner, artifacts)
+            .prop_map(|(version, owner, artifacts)| Manifest {
+                version,
+                owner,
+                artifacts: artifacts
+                    .into_iter()
+                    .map(|(n, ((kind, files), platforms))| ArtifactManifest {
+                        name: Name::parse("artifact", &n).unwrap(),
+                        kind,
+                        platforms: platforms.iter().map(|p| Name::parse("platform", p).unwrap()).collect(),
+                        files,
+                    })
+                    .collect(),
+            })
+            .prop_filter("every artifact holds bytes", |m| m.artifacts.iter().all(|a| a.size() > 0))
+            .prop_filter("paths are valid", |m| m.validate().is_ok())
+    }
+
+    /// One edit of an encoding. Positions are taken modulo the length.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip { pos: usize, xor: u8 },
+        Insert { pos: usize, byte: u8 },
+        Delete { pos: usize, len: usize },
+        Truncate { len: usize },
+        Duplicate { pos: usize, len: usize },
+    }
+
+    fn arb_mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            4 => (any::<usize>(), 1u8..=255).prop_map(|(pos, xor)| Mutation::Flip { pos, xor }),
+            1 => (any::<usize>(), any::<u8>()).prop_map(|(pos, byte)| Mutation::Insert { pos, byte }),
+            1 => (any::<usize>(), 1usize..40).prop_map(|(pos, len)| Mutation::Delete { pos, len }),
+            1 => any::<usize>().prop_map(|len| Mutation::Truncate { len }),
+            1 => (any::<usize>(), 1usize..40).prop_map(|(pos, len)| Mutation::Duplicate { pos, len }),
+        ]
+    }
+
+    fn mutate(bytes: &mut Vec<u8>, m: &Mutation) {
+        let n = bytes.len().max(1);
+        match *m {
+            Mutation::Flip { pos, xor } => {
+                if !bytes.is_empty() {
+                    bytes[pos % n] ^= xor;
+                }
+            }
+            Mutation::Insert { pos, byte } => bytes.insert(pos % (bytes.len() + 1), byte),
+            Mutation::Delete { pos, len } => {
+                let start = pos % n;
+                let end = (start + len).min(bytes.len());
+                bytes.drain(start.min(end)..end);
+            }
+            Mutation::Truncate { len } => bytes.truncate(len % n),
+            Mutation::Duplicate { pos, len } => {
+                let start = pos % n;
+                let end = (start + len).min(bytes.len());
+                let copy = bytes[start.min(end)..end].to_vec();
+                bytes.splice(end..end, copy);
+            }
+        }
+    }
+
     proptest! {
-        /// Decoding never panics, and whatever it accepts re-encodes to the
-        /// very same bytes (the encoding is canonical).
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any string: never a panic; an accepted path has none of the
+        /// shapes refused (checked independently of the parser); an error
+        /// stays short whatever the input.
         #[test]
-        fn decode_accepts_only_canonical_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(m) = Manifest::decode(&bytes) {
-                prop_assert_eq!(m.encode(), bytes);
+        fn accepted_paths_are_safe_everywhere(input in "\\PC{0,60}|([a-zA-Z0-9 .:<>|?*$]{1,6}/){0,3}[a-zA-Z0-9 .]{1,8}") {
+            match RelPath::parse(&input) {
+                Ok(path) => {
+                    prop_assert_eq!(path.as_str(), input.as_str());
+                    prop_assert!(!input.starts_with('/') && !input.contains('\\') && !input.contains(':'));
+                    for segment in input.split('/') {
+                        prop_assert!(!segment.is_empty() && segment != "." && segment != "..");
+                        prop_assert!(!segment.ends_with('.') && !segment.ends_with(' '));
+                        let stem = segment.split('.').next().unwrap().to_ascii_uppercase();
+                        prop_assert!(!["CON", "PRN", "AUX", "NUL"].contains(&stem.as_str()));
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().len() < 400),
             }
         }
 
-        /// Mutating one byte of a valid manifest never yields a different
-        /// manifest with the same id, and never panics.
+        /// Every manifest survives encoding: same value, same bytes, same id.
         #[test]
-        fn single_byte_mutations_are_caught_or_change_the_id(pos in 0usize..400, xor in 1u8..=255) {
-            let m = sample();
-            let mut bytes = m.encode();
-            let pos = pos % bytes.len();
-            bytes[pos] ^= xor;
-            if let Ok(other) = Manifest::decode(&bytes) {
-                prop_assert_ne!(other.id(), m.id());
-                prop_assert_eq!(other.encode(), bytes);
+        fn random_manifests_round_trip(m in arb_manifest()) {
+            let bytes = m.encode();
+            let back = Manifest::decode(&bytes).unwrap();
+            prop_assert_eq!(back.encode(), bytes);
+            prop_assert_eq!(back.id(), m.id());
+            prop_assert_eq!(back, m);
+        }
+
+        /// Edited encodings of valid manifests (past the magic, deep into
+        /// artifacts, files and chunks) never panic the decoder, and whatever
+        /// it accepts re-encodes to the very same bytes: the encoding is
+        /// canonical, so an accepted edit is a different manifest with a
+        /// different id.
+        #[test]
+        fn decode_accepts_only_canonical_bytes(
+            m in arb_manifest(),
+            mutations in proptest::collection::vec(arb_mutation(), 1..4),
+        ) {
+            let original = m.encode();
+            let mut bytes = original.clone();
+            for mutation in &mutations {
+                mutate(&mut bytes, mutation);
+            }
+            if let Ok(decoded) = Manifest::decode(&bytes) {
+                prop_assert_eq!(&decoded.encode(), &bytes);
+                prop_assert_eq!(decoded.id() == m.id(), bytes == original);
             }
         }
+    }
+
+    /// The property above is only worth something if edited inputs get past
+    /// the magic and the first fields: over a fixed sample, the decoder must
+    /// both accept some edits (hash bytes) and refuse others for reasons
+    /// found deep inside (truncation, trailing bytes, invalid content).
+    #[test]
+    fn mutated_inputs_reach_deep_into_the_decoder() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::{Config, TestRng, TestRunner};
+
+        let mut runner = TestRunner::new_with_rng(
+            Config::default(),
+            TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+        );
+        let (mut accepted, mut truncated, mut trailing, mut invalid, mut other) = (0, 0, 0, 0, 0);
+        for _ in 0..2_000 {
+            let m = arb_manifest().new_tree(&mut runner).unwrap().current();
+            let mutation = arb_mutation().new_tree(&mut runner).unwrap().current();
+            let mut bytes = m.encode();
+            mutate(&mut bytes, &mutation);
+            match Manifest::decode(&bytes) {
+                Ok(_) => accepted += 1,
+                Err(ManifestError::Truncated) => truncated += 1,
+                Err(ManifestError::Trailing(_)) => trailing += 1,
+                Err(ManifestError::Invalid(_) | ManifestError::Path { .. }) => invalid += 1,
+                Err(_) => other += 1,
+            }
+        }
+        let counts = format!(
+            "accepted {accepted}, truncated {truncated}, trailing {trailing}, invalid {invalid}, other {other}"
+        );
+        assert!(accepted >= 100, "{counts}");
+        assert!(truncated >= 50, "{counts}");
+        assert!(trailing >= 20, "{counts}");
+        assert!(invalid >= 100, "{counts}");
     }
 }

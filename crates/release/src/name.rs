@@ -10,7 +10,7 @@ pub struct Name(String);
 
 /// A string that is not a valid [`Name`].
 #[derive(Debug, Error)]
-#[error("invalid {what} name {input:?}: {reason}")]
+#[error("invalid {what} name {}: {reason}", crate::Quoted(input))]
 pub struct NameError {
     what: &'static str,
     input: String,
@@ -64,6 +64,24 @@ mod tests {
         for bad in ["", "Acme", "-acme", "a/b", "a b", &"x".repeat(64)] {
             let e = Name::parse("tenant", bad).unwrap_err().to_string();
             assert!(e.starts_with("invalid tenant"), "{bad:?}: {e}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any string: never a panic; an accepted name is the input itself,
+        /// 1 to 63 of [a-z0-9_-], starting with a letter or digit; an error
+        /// stays short whatever the input.
+        #[test]
+        fn accepted_names_are_exactly_the_documented_shape(input in "\\PC{0,80}|[a-z0-9][a-z0-9_-]{0,70}") {
+            match Name::parse("tenant", &input) {
+                Ok(name) => {
+                    proptest::prop_assert_eq!(name.as_str(), input.as_str());
+                    proptest::prop_assert!((1..=63).contains(&input.len()));
+                    proptest::prop_assert!(input.as_bytes()[0].is_ascii_alphanumeric());
+                    proptest::prop_assert!(input.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'));
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().len() < 400),
+            }
         }
     }
 }

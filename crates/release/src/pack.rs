@@ -114,7 +114,8 @@ pub fn pack(
     }
     let mut artifacts = specs.iter().map(|spec| pack_artifact(spec, progress)).collect::<Result<Vec<_>, _>>()?;
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
-    let manifest = Manifest { version, artifacts };
+    // The caller names the owner (the agent, from its tenant and app).
+    let manifest = Manifest { version, owner: None, artifacts };
     manifest.validate()?;
     Ok(manifest)
 }
@@ -425,7 +426,9 @@ mod tests {
     fn directory_walk_refuses_escaping_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("index.html"), b"<html>").unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("leak")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"not for the release").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("leak")).unwrap();
         let spec =
             ArtifactSpec { name: Name::parse("artifact", "web").unwrap(), platforms: vec![], path: dir.path().into() };
         let err = pack("1.0.0".parse().unwrap(), &[spec], &|_| {}).unwrap_err();

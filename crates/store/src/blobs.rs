@@ -9,6 +9,7 @@
 //! when the API requires them) and use path-style addressing by default, so
 //! the same code works against AWS S3, MinIO, Garage and Ceph.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
@@ -36,13 +37,24 @@ const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
 const ASSEMBLY_PREFETCH: usize = 16;
 
 /// How to reach S3 when not relying on the SDK's environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Settings {
     pub endpoint: Option<String>,
     pub region: String,
     pub access_key_id: String,
     pub secret_access_key: String,
     pub force_path_style: bool,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("force_path_style", &self.force_path_style)
+            .finish_non_exhaustive()
+    }
 }
 
 pub fn chunk_key(hash: &Hash) -> String {
@@ -58,9 +70,12 @@ pub fn file_key(hash: &Hash) -> String {
 pub struct Blobs {
     client: Client,
     bucket: String,
-    /// The credentials the client signs with, to bound presigned URLs by
-    /// their expiry.
+    /// Where presigning gets its credentials: URLs are signed with exactly
+    /// the credentials whose expiry bounds them.
     credentials: Option<SharedCredentialsProvider>,
+    /// The credentials last used for presigning, reused while they outlast
+    /// a URL signed now (so the provider is not asked on every presign).
+    signing: Arc<Mutex<Option<Credentials>>>,
 }
 
 impl Blobs {
@@ -69,7 +84,7 @@ impl Blobs {
     pub async fn from_env(bucket: impl Into<String>, force_path_style: bool) -> Self {
         let shared = aws_config::load_from_env().await;
         let client = Client::from_conf(portable(aws_sdk_s3::config::Builder::from(&shared), force_path_style).build());
-        Self { client, bucket: bucket.into(), credentials: shared.credentials_provider() }
+        Self { client, bucket: bucket.into(), credentials: shared.credentials_provider(), signing: Arc::default() }
     }
 
     /// A handle from explicit settings (tests, tools).
@@ -81,6 +96,17 @@ impl Blobs {
             None,
             "ferry-settings",
         ));
+        Self::from_settings_with_credentials(s, bucket, creds)
+    }
+
+    /// A handle from explicit settings whose credentials come from
+    /// `credentials` instead of the settings' keys (tests of expiring
+    /// credentials, tools).
+    pub fn from_settings_with_credentials(
+        s: &S3Settings,
+        bucket: impl Into<String>,
+        creds: SharedCredentialsProvider,
+    ) -> Self {
         let mut builder = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(Region::new(s.region.clone()))
@@ -89,7 +115,7 @@ impl Blobs {
             builder = builder.endpoint_url(endpoint);
         }
         let client = Client::from_conf(portable(builder, s.force_path_style).build());
-        Self { client, bucket: bucket.into(), credentials: Some(creds) }
+        Self { client, bucket: bucket.into(), credentials: Some(creds), signing: Arc::default() }
     }
 
     pub fn client(&self) -> &Client {
@@ -226,7 +252,7 @@ impl Blobs {
             let abort =
                 self.client.abort_multipart_upload().bucket(&self.bucket).key(&key).upload_id(&upload_id).send().await;
             if let Err(e) = abort {
-                tracing::warn!(key = %key, error = %e, "aborting multipart upload failed; a bucket lifecycle rule cleans it up");
+                tracing::warn!(key = %key, error = %ferry_proto::error_chain(&e), "aborting multipart upload failed; a bucket lifecycle rule cleans it up");
             }
         }
         result
@@ -240,22 +266,30 @@ impl Blobs {
     }
 
     /// [`Blobs::presign_file`] with the signature's validity starting at
-    /// `now` (a past start makes an already expired URL, for tests).
+    /// `now` (the caller's clock; a past start makes an already expired URL,
+    /// for tests).
     pub async fn presign_file_from(
         &self,
         hash: &Hash,
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<(String, SystemTime), StoreError> {
-        let mut lifetime = lifetime.min(MAX_PRESIGN);
+        // SigV4 counts whole seconds (X-Amz-Date, X-Amz-Expires): sign
+        // from a whole second for whole seconds, so the expiry returned is
+        // exactly when S3 stops honouring the URL, never a moment later.
+        let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+        let mut lifetime = Duration::from_secs(lifetime.min(MAX_PRESIGN).as_secs());
+        let mut request = self.client.get_object().bucket(&self.bucket).key(file_key(hash)).customize();
         if let Some(provider) = &self.credentials {
-            let creds = provider
-                .provide_credentials()
-                .await
-                .map_err(|e| StoreError::Unavailable { what: "s3 credentials", source: Box::new(e) })?;
+            // Sign with the very credentials whose expiry bounds the URL: a
+            // URL cannot outlive the credentials that signed it.
+            let creds = self.signing_credentials(provider, now, lifetime).await?;
             if let Some(expiry) = creds.expiry() {
-                lifetime = lifetime.min(expiry.duration_since(now).unwrap_or_default());
+                let left = expiry.duration_since(now).unwrap_or_default();
+                lifetime = lifetime.min(Duration::from_secs(left.as_secs()));
             }
+            request = request.config_override(aws_sdk_s3::config::Builder::new().credentials_provider(creds));
         }
         if lifetime < Duration::from_secs(1) {
             return Err(StoreError::Unavailable {
@@ -268,15 +302,31 @@ impl Blobs {
             .expires_in(lifetime)
             .build()
             .map_err(|e| StoreError::Backend { what: "presigning", source: Box::new(e) })?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(file_key(hash))
+        let request = request
             .presigned(config)
             .await
             .map_err(|e| StoreError::Backend { what: "presigning", source: Box::new(e) })?;
         Ok((request.uri().to_owned(), now + lifetime))
+    }
+
+    /// The credentials to presign with at `now` for `lifetime`: the last
+    /// ones while they last that long (or never expire), else fresh ones.
+    async fn signing_credentials(
+        &self,
+        provider: &SharedCredentialsProvider,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<Credentials, StoreError> {
+        let outlasts = |c: &Credentials| c.expiry().is_none_or(|e| e >= now + lifetime);
+        if let Some(creds) = self.signing.lock().unwrap_or_else(|e| e.into_inner()).clone().filter(outlasts) {
+            return Ok(creds);
+        }
+        let fresh = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| StoreError::Unavailable { what: "s3 credentials", source: Box::new(e) })?;
+        *self.signing.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// Reads a whole assembled file (tools and tests; clients use presigned
@@ -292,6 +342,46 @@ impl Blobs {
             .map_err(|e| s3_error("get file", e))?;
         let data = out.body.collect().await.map_err(|e| StoreError::Unavailable { what: "s3", source: Box::new(e) })?;
         Ok(data.into_bytes())
+    }
+
+    /// One page (up to 1,000) of the objects under `prefix`: keys and
+    /// sizes of those last written before `cutoff`, and the token of the
+    /// next page if there is one.
+    pub(crate) async fn list_older_than(
+        &self,
+        prefix: &str,
+        cutoff: SystemTime,
+        token: Option<String>,
+    ) -> Result<(Vec<(String, u64)>, Option<String>), StoreError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| s3_error("list objects", e))?;
+        let old = page
+            .contents()
+            .iter()
+            .filter(|o| o.last_modified().and_then(|t| SystemTime::try_from(*t).ok()).is_some_and(|t| t < cutoff))
+            .filter_map(|o| Some((o.key()?.to_owned(), o.size().unwrap_or(0).max(0) as u64)))
+            .collect();
+        let next = page.next_continuation_token().filter(|_| page.is_truncated() == Some(true)).map(str::to_owned);
+        Ok((old, next))
+    }
+
+    /// Deletes an object (no error when it is already gone).
+    pub(crate) async fn delete(&self, key: String) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("delete object", e))?;
+        Ok(())
     }
 
     async fn put(&self, key: String, data: Bytes) -> Result<(), StoreError> {
@@ -348,5 +438,27 @@ where
             }
         }
         _ => StoreError::Backend { what, source: Box::new(err) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let settings = S3Settings {
+            endpoint: Some("http://s3".into()),
+            region: "us-east-1".into(),
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG".into(),
+            force_path_style: true,
+        };
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("AKIDEXAMPLE") && !shown.contains("wJalrXUtnFEMI"), "{shown}");
+        let url: crate::DatabaseUrl = "postgres://ferry:hunter2@db/ferry".parse().unwrap();
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(url.as_str(), "postgres://ferry:hunter2@db/ferry");
     }
 }

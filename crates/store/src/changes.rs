@@ -11,12 +11,17 @@ use tokio_postgres::{AsyncMessage, NoTls};
 /// Something cached may be stale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A release of this app was published or its deployed version moved.
-    App(i64),
+    /// A release of this app was published or its deployed version moved;
+    /// the tenant is named when the database says (every notice since
+    /// migration V5 does).
+    App { app_id: i64, tenant_id: Option<i64> },
     /// This API key changed (revoked).
     Key(String),
     /// This tenant's rate limit changed.
     Limit(i64),
+    /// This tenant gained an app: whatever was remembered as missing may
+    /// exist now.
+    Tenant(i64),
     /// The listening connection was (re)established: changes may have been
     /// missed, so everything cached is suspect.
     Resync,
@@ -26,9 +31,16 @@ impl Change {
     fn parse(payload: &str) -> Option<Self> {
         let (kind, id) = payload.split_once(':')?;
         match kind {
-            "app" => id.parse().ok().map(Change::App),
+            "app" => {
+                let (app, tenant) = match id.split_once(':') {
+                    Some((app, tenant)) => (app, Some(tenant.parse().ok()?)),
+                    None => (id, None),
+                };
+                app.parse().ok().map(|app_id| Change::App { app_id, tenant_id: tenant })
+            }
             "key" => Some(Change::Key(id.to_owned())),
             "limit" => id.parse().ok().map(Change::Limit),
+            "tenant" => id.parse().ok().map(Change::Tenant),
             _ => None,
         }
     }
@@ -59,7 +71,7 @@ pub fn listen(database_url: &str) -> Result<mpsc::Receiver<Change>, tokio_postgr
                                 }
                                 Ok(_) => {}
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "change listener lost its connection");
+                                    tracing::warn!(error = %ferry_proto::error_chain(&e), "change listener lost its connection");
                                     return;
                                 }
                             }
@@ -79,10 +91,12 @@ pub fn listen(database_url: &str) -> Result<mpsc::Receiver<Change>, tokio_postgr
                                 }
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "change listener cannot LISTEN"),
+                        Err(e) => {
+                            tracing::warn!(error = %ferry_proto::error_chain(&e), "change listener cannot LISTEN")
+                        }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "change listener cannot connect"),
+                Err(e) => tracing::warn!(error = %ferry_proto::error_chain(&e), "change listener cannot connect"),
             }
             if tx.is_closed() {
                 return;
@@ -100,9 +114,12 @@ mod tests {
 
     #[test]
     fn parses_payloads() {
-        assert_eq!(Change::parse("app:42"), Some(Change::App(42)));
+        assert_eq!(Change::parse("app:42"), Some(Change::App { app_id: 42, tenant_id: None }));
+        assert_eq!(Change::parse("app:42:7"), Some(Change::App { app_id: 42, tenant_id: Some(7) }));
+        assert_eq!(Change::parse("app:42:x"), None);
         assert_eq!(Change::parse("key:0123456789ab"), Some(Change::Key("0123456789ab".into())));
         assert_eq!(Change::parse("limit:7"), Some(Change::Limit(7)));
+        assert_eq!(Change::parse("tenant:9"), Some(Change::Tenant(9)));
         assert_eq!(Change::parse("app:x"), None);
         assert_eq!(Change::parse("nonsense"), None);
     }

@@ -30,6 +30,27 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// What kind of failure this is for a caller: the one mapping from
+    /// storage errors to status codes, shared by every service.
+    pub fn kind(&self) -> ferry_proto::ErrorKind {
+        use ferry_proto::ErrorKind;
+        match self {
+            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
+            StoreError::NotFound(_) => ErrorKind::NotFound,
+            StoreError::Conflict(_) => ErrorKind::AlreadyExists,
+            StoreError::Mismatch(_) => ErrorKind::InvalidArgument,
+            StoreError::Integrity(_) | StoreError::Backend { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+impl ferry_proto::ServiceError for StoreError {
+    fn kind(&self) -> ferry_proto::ErrorKind {
+        StoreError::kind(self)
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // A closed connection or an I/O error means the database is not

@@ -130,4 +130,32 @@ mod tests {
         let key = ApiKey::generate(KeyRole::Agent);
         assert!(!format!("{key:?}").contains(&key.secret));
     }
+
+    proptest::proptest! {
+        /// Any string: parsing never panics, and what it accepts is exactly
+        /// a token it would print (so one key has one spelling), up to
+        /// surrounding white space.
+        #[test]
+        fn parse_accepts_only_canonical_tokens(input in "\\PC{0,100}|ferry_(agent|client|admin)_[0-9a-fA-F_]{10,14}_[0-9a-f]{60,68}") {
+            if let Ok(key) = ApiKey::parse(&input) {
+                proptest::prop_assert_eq!(key.token(), input.trim());
+            }
+        }
+
+        /// Mutating one character of a valid token never yields another
+        /// key that matches the original's stored hash.
+        #[test]
+        fn a_mutated_token_does_not_match(pos in 0usize..90, c in proptest::char::range('0', 'z')) {
+            let key = ApiKey::generate(KeyRole::Client);
+            let mut token: Vec<char> = key.token().chars().collect();
+            let pos = pos % token.len();
+            if token[pos] != c {
+                token[pos] = c;
+                let mutated: String = token.into_iter().collect();
+                if let Ok(other) = ApiKey::parse(&mutated) {
+                    proptest::prop_assert!(other.id != key.id || !other.matches(&key.secret_hash()) || other.role != key.role);
+                }
+            }
+        }
+    }
 }

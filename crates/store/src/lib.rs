@@ -7,11 +7,16 @@
 mod blobs;
 mod changes;
 mod error;
+mod gc;
 mod keys;
 mod meta;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
 pub use changes::{Change, listen};
 pub use error::StoreError;
+pub use gc::{GcReport, collect_garbage};
 pub use keys::{ApiKey, KeyRole, TokenError};
-pub use meta::{AppReleases, Authenticated, CommitOutcome, DeployOutcome, KeyRecord, Meta, ReleaseRow, connect};
+pub use meta::{
+    AppReleases, Authenticated, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, ReleaseRow, SavedManifest,
+    connect, ensure_same_release,
+};

@@ -16,6 +16,39 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
+/// A PostgreSQL connection string: it may carry a password, so `Debug`
+/// shows none of it (configuration structs print safely).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Opens a pool for `database_url` (a libpq-style URL or key=value string).
 /// Connections are made lazily; a database that is down shows up as
 /// [`StoreError::Unavailable`] on first use.
@@ -83,6 +116,9 @@ pub struct AppReleases {
     pub app_id: i64,
     /// The deployed version, if any.
     pub deployed: Option<String>,
+    /// The id of the app's latest deploy (rises with every deploy, rollback
+    /// included): orders what watchers are told.
+    pub deployment_seq: Option<i64>,
     /// In no particular order.
     pub releases: Vec<ReleaseRow>,
 }
@@ -91,7 +127,36 @@ pub struct AppReleases {
 pub struct ReleaseRow {
     pub version: String,
     pub manifest_id: ManifestId,
+    /// The id of its files alone (the manifest without its owner), shared
+    /// by every tenant publishing the same files.
+    pub content_id: ManifestId,
+    /// The tenant and app its manifest names (format 2 manifests).
+    pub owner: Option<(String, String)>,
     pub published_at: std::time::SystemTime,
+    /// The client versions that still work with it (a semver requirement).
+    pub compatible: Option<String>,
+}
+
+/// A manifest as the registry stores it.
+pub struct SavedManifest<'a> {
+    pub id: ManifestId,
+    /// The id of the manifest without its owner.
+    pub content_id: ManifestId,
+    /// Whose release it says it is (format 2).
+    pub owner: Option<ferry_release::Owner>,
+    pub body: &'a [u8],
+}
+
+impl<'a> SavedManifest<'a> {
+    /// What to store of `manifest`, encoded as `body`.
+    pub fn of(manifest: &ferry_release::Manifest, body: &'a [u8]) -> Self {
+        Self {
+            id: ManifestId(*blake3::hash(body).as_bytes()),
+            content_id: manifest.content_id(),
+            owner: manifest.owner.clone(),
+            body,
+        }
+    }
 }
 
 /// What a commit did.
@@ -242,23 +307,55 @@ impl Meta {
         // (no rows: no such app; one row of NULLs: no release yet).
         let rows = client
             .query(
-                "SELECT a.id, d.version, r.version, r.manifest_id, r.created_at FROM apps a \
+                "SELECT a.id, d.version, r.version, r.manifest_id, r.created_at, r.compatible, m.content_id, \
+                 m.owner_tenant, m.owner_app, \
+                 (SELECT max(id) FROM deployments WHERE app_id = a.id) FROM apps a \
                  LEFT JOIN releases d ON d.id = a.deployed_release_id \
                  LEFT JOIN releases r ON r.app_id = a.id \
+                 LEFT JOIN manifests m ON m.tenant_id = r.tenant_id AND m.id = r.manifest_id \
                  WHERE a.tenant_id = $1 AND a.name = $2",
                 &[&tenant_id, &app.as_str()],
             )
             .await?;
         let Some(first) = rows.first() else { return Ok(None) };
         let (app_id, deployed): (i64, Option<String>) = (first.get(0), first.get(1));
+        let deployment_seq: Option<i64> = first.get(9);
         let mut releases = Vec::with_capacity(rows.len());
         for row in &rows {
             let Some(version) = row.get::<_, Option<String>>(2) else { continue };
-            let id = ManifestId::from_slice(row.get(3))
-                .ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))?;
-            releases.push(ReleaseRow { version, manifest_id: id, published_at: row.get(4) });
+            let id = stored_manifest_id(row.get(3))?;
+            let content_id = stored_manifest_id(row.get(6))?;
+            releases.push(ReleaseRow {
+                version,
+                manifest_id: id,
+                content_id,
+                owner: match (row.get::<_, Option<String>>(7), row.get::<_, Option<String>>(8)) {
+                    (Some(tenant), Some(app)) => Some((tenant, app)),
+                    _ => None,
+                },
+                published_at: row.get(4),
+                compatible: row.get(5),
+            });
         }
-        Ok(Some(AppReleases { app_id, deployed, releases }))
+        Ok(Some(AppReleases { app_id, deployed, deployment_seq, releases }))
+    }
+
+    /// The published release of `app_id` whose version has the same
+    /// precedence as `version` (the same version, or one that differs only
+    /// in build metadata), with its version and manifest id.
+    pub async fn release_like(
+        &self,
+        app_id: i64,
+        version: &semver::Version,
+    ) -> Result<Option<(String, ManifestId)>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, manifest_id FROM releases WHERE app_id = $1 AND precedence = $2",
+                &[&app_id, &precedence(version)],
+            )
+            .await?;
+        row.map(|r| Ok((r.get(0), stored_manifest_id(r.get(1))?))).transpose()
     }
 
     /// The manifest id of a published version, if there is one.
@@ -274,15 +371,45 @@ impl Meta {
         .transpose()
     }
 
-    pub async fn save_manifest(&self, tenant_id: i64, id: ManifestId, body: &[u8]) -> Result<(), StoreError> {
+    /// Stores a prepared manifest, or marks it used again (a publish in
+    /// progress keeps its manifest and chunks from garbage collection).
+    pub async fn save_manifest(&self, tenant_id: i64, manifest: &SavedManifest<'_>) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
+        let owner = manifest.owner.as_ref();
         client
             .execute(
-                "INSERT INTO manifests (tenant_id, id, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&tenant_id, &id.0.as_slice(), &body],
+                "INSERT INTO manifests (tenant_id, id, content_id, owner_tenant, owner_app, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET touched_at = now()",
+                &[
+                    &tenant_id,
+                    &manifest.id.0.as_slice(),
+                    &manifest.content_id.0.as_slice(),
+                    &owner.map(|o| o.tenant.as_str()),
+                    &owner.map(|o| o.app.as_str()),
+                    &manifest.body,
+                ],
             )
             .await?;
         Ok(())
+    }
+
+    /// Marks a prepared manifest used now (a commit is working on it).
+    pub async fn touch_manifest(&self, tenant_id: i64, id: ManifestId) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE manifests SET touched_at = now() WHERE tenant_id = $1 AND id = $2",
+                &[&tenant_id, &id.0.as_slice()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The connection pool, for the domain crates (reports, alerts) that
+    /// own their queries on tables this crate's migrations create.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     pub async fn load_manifest(&self, tenant_id: i64, id: ManifestId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -371,23 +498,33 @@ impl Meta {
     }
 
     /// Publishes a release (and deploys it if asked), atomically. Publishing
-    /// the same manifest under the same version again is a no-op; a
-    /// different manifest is a [`StoreError::Conflict`].
+    /// the same manifest under the same version again is a no-op; anything
+    /// else under a version of the same precedence (the same version, or
+    /// one differing only in build metadata) is a [`StoreError::Conflict`]
+    /// naming the release already there.
+    ///
+    /// `compatible` (a semver requirement, validated by the caller) sets the
+    /// client versions that still work with the release, when given.
     pub async fn commit_release(
         &self,
         tenant_id: i64,
         app_id: i64,
-        version: &str,
+        version: &semver::Version,
         manifest: ManifestId,
         deploy: bool,
+        compatible: Option<&str>,
     ) -> Result<CommitOutcome, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let text = version.to_string();
+        // Any unique conflict (same version, or same precedence) leaves the
+        // row that won; it is then read and judged below. The unique index
+        // makes a concurrent insert wait for the winner's commit.
         let inserted = tx
             .query_opt(
                 "INSERT INTO releases (tenant_id, app_id, version, manifest_id) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (app_id, version) DO NOTHING RETURNING id",
-                &[&tenant_id, &app_id, &version, &manifest.0.as_slice()],
+                 ON CONFLICT DO NOTHING RETURNING id",
+                &[&tenant_id, &app_id, &text, &manifest.0.as_slice()],
             )
             .await?;
         let created = inserted.is_some();
@@ -396,17 +533,18 @@ impl Meta {
             None => {
                 let row = tx
                     .query_one(
-                        "SELECT id, manifest_id FROM releases WHERE app_id = $1 AND version = $2",
-                        &[&app_id, &version],
+                        "SELECT id, version, manifest_id FROM releases WHERE app_id = $1 AND precedence = $2",
+                        &[&app_id, &precedence(version)],
                     )
                     .await?;
-                let existing: &[u8] = row.get(1);
-                if existing != manifest.0.as_slice() {
-                    return Err(version_conflict(version, existing));
-                }
+                let existing = (row.get::<_, String>(1), stored_manifest_id(row.get(2))?);
+                ensure_same_release(&existing, version, manifest)?;
                 row.get(0)
             }
         };
+        if let Some(compatible) = compatible {
+            set_compatible(&tx, release_id, compatible).await?;
+        }
         if deploy {
             record_deploy(&tx, app_id, release_id).await?;
         }
@@ -414,8 +552,14 @@ impl Meta {
         Ok(CommitOutcome { created, deployed: deploy })
     }
 
-    /// Records `version` (already published) as deployed.
-    pub async fn deploy(&self, app_id: i64, version: &str) -> Result<DeployOutcome, StoreError> {
+    /// Records `version` (already published) as deployed, and with
+    /// `compatible` sets its compatible client versions.
+    pub async fn deploy(
+        &self,
+        app_id: i64,
+        version: &str,
+        compatible: Option<&str>,
+    ) -> Result<DeployOutcome, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let row =
@@ -425,6 +569,9 @@ impl Meta {
                 "version {version} is not published; publish it before deploying"
             )));
         };
+        if let Some(compatible) = compatible {
+            set_compatible(&tx, row.get(0), compatible).await?;
+        }
         let previous = record_deploy(&tx, app_id, row.get(0)).await?;
         tx.commit().await?;
         Ok(DeployOutcome { previous })
@@ -441,6 +588,21 @@ impl Meta {
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
+}
+
+/// Sets a release's compatible client versions (only when they change, so
+/// an unchanged retry announces nothing).
+async fn set_compatible(
+    tx: &deadpool_postgres::Transaction<'_>,
+    release_id: i64,
+    compatible: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE releases SET compatible = $2 WHERE id = $1 AND compatible IS DISTINCT FROM $2",
+        &[&release_id, &compatible],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Points the app at a release and appends to its deploy history; returns
@@ -467,12 +629,38 @@ async fn record_deploy(
     Ok(previous)
 }
 
-fn version_conflict(version: &str, existing: &[u8]) -> StoreError {
-    StoreError::Conflict(format!(
-        "version {version} is already published with different content (manifest {}); versions are immutable, \
-         publish a new version instead",
-        hex::encode(existing)
-    ))
+/// A version without its build metadata: what orders it (semver item 11),
+/// and what the `releases.precedence` column holds.
+fn precedence(version: &semver::Version) -> String {
+    semver::Version { build: semver::BuildMetadata::EMPTY, ..version.clone() }.to_string()
+}
+
+fn stored_manifest_id(bytes: &[u8]) -> Result<ManifestId, StoreError> {
+    ManifestId::from_slice(bytes).ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))
+}
+
+/// Judges a release already published with the same precedence as
+/// `version`: fine when it is this very release (publishing again is a
+/// no-op), a [`StoreError::Conflict`] naming it otherwise (versions are
+/// immutable, and build metadata does not tell versions apart).
+pub fn ensure_same_release(
+    (existing_version, existing_manifest): &(String, ManifestId),
+    version: &semver::Version,
+    manifest: ManifestId,
+) -> Result<(), StoreError> {
+    if *existing_version != version.to_string() {
+        return Err(StoreError::Conflict(format!(
+            "version {version} has the same precedence as the published version {existing_version} (build metadata \
+             does not order versions, so clients could not tell them apart); publish a new version instead"
+        )));
+    }
+    if *existing_manifest != manifest {
+        return Err(StoreError::Conflict(format!(
+            "version {version} is already published with different content (manifest {existing_manifest}); \
+             versions are immutable, publish a new version instead"
+        )));
+    }
+    Ok(())
 }
 
 fn unique_violation(e: tokio_postgres::Error, message: impl FnOnce() -> String) -> StoreError {

@@ -4,13 +4,17 @@
 //! cuts traffic. Everything binds port 0 or a private Unix socket; nothing
 //! waits by sleeping.
 
+mod http;
 mod postgres;
 mod relay;
 mod s3;
+mod smtp;
 
+pub use http::{http, http_builder};
 pub use postgres::{Postgres, fresh_database};
-pub use relay::Relay;
+pub use relay::{Damage, Downstream, Faults, Relay, Target};
 pub use s3::S3Server;
+pub use smtp::{Mail, SmtpServer};
 
 /// A random lowercase hex string of `bytes * 2` characters, for names of
 /// databases, buckets and directories.

@@ -54,9 +54,12 @@ impl Connection {
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| url_err(&e.to_string()))?
             .connect_timeout(Duration::from_secs(15))
+            // Pings only while a call is in progress: they keep a long
+            // commit's connection alive past the registry's idle timeout,
+            // and let an idle connection close.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(false);
         if tls {
             let mut config = ClientTlsConfig::new().with_native_roots();
             if let Some(path) = &self.ca_cert {

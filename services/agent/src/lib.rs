@@ -13,4 +13,4 @@ mod publish;
 pub use client::{Connection, RegistryClient};
 pub use error::AgentError;
 pub use progress::Progress;
-pub use publish::{ArtifactSummary, DeploySummary, PublishRequest, PublishSummary, deploy, publish};
+pub use publish::{ArtifactSummary, DeploySummary, PublishRequest, PublishSummary, deploy, deploy_with, publish};

@@ -37,6 +37,11 @@ struct Target {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Client versions that still work with this release, as a semver
+    /// requirement (e.g. '>=2.4.0, <2.5.0'): they are told the update is not
+    /// required. Without it every other version must update.
+    #[arg(long, value_parser = parse_compatible)]
+    compatible: Option<semver::VersionReq>,
 }
 
 #[derive(Subcommand)]
@@ -74,7 +79,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Publish { target, artifacts, deploy, retries } => {
             let artifacts = artifacts.iter().map(|a| ArtifactSpec::parse(a)).collect::<Result<Vec<_>, _>>()?;
             let (conn, tenant, app, version) = parse_target(&target)?;
-            let req = PublishRequest { tenant, app, version, artifacts, deploy, retries };
+            let compatible = target.compatible.clone();
+            let req = PublishRequest { tenant, app, version, artifacts, deploy, retries, compatible };
             let progress = if target.json { Progress::hidden() } else { Progress::stderr() };
             let summary = ferry_agent::publish(&conn, &req, &progress).await?;
             if target.json {
@@ -85,7 +91,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Deploy { target } => {
             let (conn, tenant, app, version) = parse_target(&target)?;
-            let summary = ferry_agent::deploy(&conn, &tenant, &app, &version).await?;
+            let summary = ferry_agent::deploy_with(&conn, &tenant, &app, &version, target.compatible.as_ref()).await?;
             if target.json {
                 print_json(&summary)?;
             } else {
@@ -98,6 +104,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_compatible(value: &str) -> Result<semver::VersionReq, String> {
+    semver::VersionReq::parse(value).map_err(|e| format!("not a semver requirement such as '>=2.4.0, <2.5.0': {e}"))
 }
 
 fn parse_target(t: &Target) -> anyhow::Result<(Connection, Name, Name, semver::Version)> {

@@ -32,6 +32,9 @@ pub struct PublishRequest {
     /// Attempts after a retryable failure (network, registry or its storage
     /// down), with exponential back-off from one second.
     pub retries: u32,
+    /// The client versions that still work with this release (they are not
+    /// required to update).
+    pub compatible: Option<semver::VersionReq>,
 }
 
 /// What a publish did; `--json` prints exactly this.
@@ -75,9 +78,11 @@ pub async fn publish(
     progress.start("packing", None);
     let (version, specs) = (req.version.clone(), req.artifacts.clone());
     let bar = progress.clone();
-    let manifest = tokio::task::spawn_blocking(move || pack(version, &specs, &|n| bar.advance(n)))
+    let mut manifest = tokio::task::spawn_blocking(move || pack(version, &specs, &|n| bar.advance(n)))
         .await
         .expect("packing task panicked")?;
+    // The manifest names whose release it is (S1-8).
+    manifest.owner = Some(ferry_release::Owner { tenant: req.tenant.clone(), app: req.app.clone() });
     progress.finish();
     let sources = source_paths(&manifest, &req.artifacts);
     info!(version = %manifest.version, bytes = manifest.total_size(), "packed");
@@ -134,6 +139,7 @@ async fn publish_once(
             app: req.app.to_string(),
             manifest_id: prepared.manifest_id.clone(),
             deploy: req.deploy,
+            compatible: req.compatible.as_ref().map(ToString::to_string).unwrap_or_default(),
         })
         .await
         .map_err(|s| AgentError::rpc("commit release", s))?
@@ -300,9 +306,25 @@ pub async fn deploy(
     app: &Name,
     version: &semver::Version,
 ) -> Result<DeploySummary, AgentError> {
+    deploy_with(conn, tenant, app, version, None).await
+}
+
+/// [`deploy`], also setting the release's compatible client versions.
+pub async fn deploy_with(
+    conn: &Connection,
+    tenant: &Name,
+    app: &Name,
+    version: &semver::Version,
+    compatible: Option<&semver::VersionReq>,
+) -> Result<DeploySummary, AgentError> {
     let mut client = conn.connect().await?;
     let out = client
-        .deploy(pb::DeployRequest { tenant: tenant.to_string(), app: app.to_string(), version: version.to_string() })
+        .deploy(pb::DeployRequest {
+            tenant: tenant.to_string(),
+            app: app.to_string(),
+            version: version.to_string(),
+            compatible: compatible.map(ToString::to_string).unwrap_or_default(),
+        })
         .await
         .map_err(|s| AgentError::rpc("deploy", s))?
         .into_inner();

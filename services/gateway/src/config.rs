@@ -15,10 +15,15 @@ use crate::limits::Rate;
 pub struct ServeConfig {
     /// PostgreSQL connection string (the registry's database).
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: ferry_store::DatabaseUrl,
     /// Most PostgreSQL connections held open.
     #[arg(long, env = "FERRY_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: usize,
+    /// Where reports are written (a role that may INSERT into `reports` and
+    /// write `device_failures`, and read everything else); default
+    /// DATABASE_URL. Reports use a pool of their own either way.
+    #[arg(long = "reports-database-url", env = "FERRY_REPORTS_DATABASE_URL", hide_env_values = true)]
+    pub reports_database_url: Option<ferry_store::DatabaseUrl>,
     /// HTTP listen address (apps, /healthz, /readyz, /metrics, /openapi.json).
     #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -52,6 +57,24 @@ pub struct ServeConfig {
     /// Burst per device.
     #[arg(long, env = "FERRY_DEVICE_BURST", default_value_t = 10)]
     pub device_burst: u32,
+    #[command(flatten)]
+    pub auth_misses: ferry_auth::MissArgs,
+    /// Seconds between heartbeats on an open watch with nothing new (keep
+    /// it below every proxy's read timeout on the way to the apps).
+    #[arg(long, env = "FERRY_WATCH_HEARTBEAT_SECONDS", default_value_t = 15)]
+    pub watch_heartbeat_seconds: u64,
+    /// Watches open at once on this gateway (more get 503 with
+    /// Retry-After); below FERRY_MAX_CONNECTIONS, so checks always find a
+    /// connection.
+    #[arg(long, env = "FERRY_MAX_WATCHES", default_value_t = 8_000)]
+    pub max_watches: usize,
+    /// Web origins allowed to call the HTTP API from a browser (CORS), comma
+    /// separated, e.g. `https://crm.acme.example`; `*` allows any. Empty:
+    /// no cross-origin calls.
+    #[arg(long, env = "FERRY_CORS_ORIGINS", default_value = "", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    #[command(flatten)]
+    pub listener: ferry_net::ListenerArgs,
 }
 
 impl ServeConfig {
@@ -74,12 +97,41 @@ impl ServeConfig {
                 anyhow::bail!("{name} must be a positive rate and a burst of at least 1");
             }
         }
+        // Clients take a minute of silence for a dead connection.
+        if !(1..=45).contains(&self.watch_heartbeat_seconds) {
+            anyhow::bail!(
+                "FERRY_WATCH_HEARTBEAT_SECONDS must be between 1 and 45, got {}",
+                self.watch_heartbeat_seconds
+            );
+        }
+        let listener = self.listener.limits().map_err(anyhow::Error::msg)?;
+        if Duration::from_secs(self.watch_heartbeat_seconds) >= listener.idle_timeout {
+            anyhow::bail!("FERRY_WATCH_HEARTBEAT_SECONDS must be shorter than the idle timeout, or watches are closed");
+        }
+        if self.max_watches >= listener.max_connections {
+            anyhow::bail!(
+                "FERRY_MAX_WATCHES ({}) must be below FERRY_MAX_CONNECTIONS ({}), or watches can hold every connection",
+                self.max_watches,
+                listener.max_connections
+            );
+        }
         Ok(GatewayConfig {
             presign_lifetime: Duration::from_secs(self.url_ttl_seconds),
             key_cache_ttl: Duration::from_secs(self.key_cache_seconds.max(1)),
             release_cache_ttl: Duration::from_secs(self.release_cache_seconds.max(1)),
             tenant_rate: Rate { per_second: self.tenant_rate, burst: self.tenant_burst },
             device_rate: Rate { per_second: self.device_rate, burst: self.device_burst },
+            auth: self
+                .auth_misses
+                .limits(
+                    Some(Duration::from_secs(self.key_cache_seconds.max(1))),
+                    Duration::from_secs(self.key_cache_seconds.max(1)),
+                )
+                .map_err(anyhow::Error::msg)?,
+            listener,
+            watch_heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
+            max_watches: self.max_watches,
+            cors: crate::cors::Origins::parse(&self.cors_origins)?,
         })
     }
 }

@@ -12,14 +12,23 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferry_release::{ArtifactKind, Hash, Manifest, ManifestId, Name, parse_version};
-use ferry_store::{ApiKey, Authenticated, Blobs, Change, KeyRecord, KeyRole, Meta};
+use ferry_store::{Authenticated, Blobs, Change, KeyRole, Meta};
 use moka::future::Cache;
 use tokio::sync::mpsc;
 
 use crate::error::GatewayError;
-use crate::limits::{Limits, Rate, TenantLimiter};
+use crate::limits::{Limits, Rate};
 use crate::metrics::Metrics;
-use crate::model::{Action, ArtifactFile, CheckAnswer, DeletedFile, VersionInfo, VersionList, listing_json, rfc3339};
+use crate::model::{
+    Action, ArtifactFile, CheckAnswer, DeletedFile, LastFailureBody, ReportAccepted, VersionInfo, VersionList,
+    listing_json, rfc3339,
+};
+use crate::tenants::{AppView, IdleExpiry, Lookup, TenantState};
+use crate::urls::Urls;
+use crate::watch::{Hub, Watcher};
+
+/// The wall clock the gateway judges URL validity by (tests move it).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// Tunables; defaults are what README documents.
 #[derive(Debug, Clone)]
@@ -35,6 +44,20 @@ pub struct GatewayConfig {
     pub tenant_rate: Rate,
     /// Rate per device (`X-Ferry-Device`).
     pub device_rate: Rate,
+    /// Limits on lookups of keys that do not exist (both cache TTLs are
+    /// `key_cache_ttl`).
+    pub auth: ferry_auth::MissLimits,
+    /// Timeouts and limits of both listeners.
+    pub listener: ferry_net::Limits,
+    /// How often an open watch with nothing new sends a heartbeat (and
+    /// checks that its key is still valid).
+    pub watch_heartbeat: Duration,
+    /// Web origins allowed to call the HTTP API from browsers.
+    pub cors: crate::cors::Origins,
+    /// Watches open at once on this gateway; more get 503 with
+    /// `Retry-After` (keep it below `listener.max_connections`, so checks
+    /// always find a connection).
+    pub max_watches: usize,
 }
 
 impl Default for GatewayConfig {
@@ -45,15 +68,41 @@ impl Default for GatewayConfig {
             release_cache_ttl: Duration::from_secs(120),
             tenant_rate: Rate { per_second: 1000.0, burst: 2000 },
             device_rate: Rate { per_second: 1.0, burst: 10 },
+            auth: ferry_auth::MissLimits::default(),
+            listener: ferry_net::Limits::default(),
+            watch_heartbeat: Duration::from_secs(15),
+            cors: crate::cors::Origins::None,
+            max_watches: 8_000,
         }
+    }
+}
+
+/// Who asks: credentials and where the request came from, unvalidated.
+#[derive(Default, Clone)]
+pub struct Caller {
+    /// The `Authorization` header (`Bearer <client key>`).
+    pub authorization: Option<String>,
+    /// `X-Ferry-Device`.
+    pub device: Option<String>,
+    /// The peer address of the connection (per-source limits on unknown keys).
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Authorization header holds a secret: never printed.
+        f.debug_struct("Caller")
+            .field("authorization", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field("device", &self.device)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
 /// What a client sends, unvalidated (query parameters or gRPC fields).
 #[derive(Debug, Default, Clone)]
 pub struct CheckParams {
-    pub authorization: Option<String>,
-    pub device: Option<String>,
+    pub caller: Caller,
     pub tenant: Option<String>,
     pub app: Option<String>,
     pub version: Option<String>,
@@ -72,36 +121,43 @@ struct Inner {
     meta: Meta,
     blobs: Blobs,
     config: GatewayConfig,
-    keys: moka::sync::Cache<String, Option<KeyRecord>>,
+    keys: ferry_auth::Keys,
     /// Per tenant: its limiter and its apps' release lists, in one entry
     /// (one lookup per request, one cache entry's overhead per tenant).
     tenants: moka::sync::Cache<i64, Arc<TenantState>>,
     releases: Cache<ManifestId, Arc<ReleaseView>>,
-    urls: Cache<Hash, PresignedUrl>,
+    urls: Urls,
     listings: Cache<ListingKey, Arc<Listing>>,
     limits: Limits,
+    clock: Clock,
+    /// Where reports go (the gateway's one write path).
+    reports: ferry_reports::ReportStore,
+    /// Devices' latest failures per (app, device), also when there is none:
+    /// a report through this gateway updates it at once, one through
+    /// another gateway within `DEVICE_FAILURE_TTL`.
+    device_failures: Cache<(i64, String), Option<Arc<ferry_reports::LastFailure>>>,
     metrics: Metrics,
     /// Every change once applied, for whoever waits on invalidation.
     applied: tokio::sync::broadcast::Sender<Change>,
+    /// Open watches' deployments (push notices).
+    hub: Arc<Hub>,
 }
 
-/// A presigned URL and its validity.
-#[derive(Clone)]
-struct PresignedUrl {
-    url: Arc<str>,
-    expires_at: SystemTime,
-    /// Until when it may be handed out: while half its lifetime remains.
-    fresh_until: SystemTime,
-}
-
-/// What a file list depends on. Manifests are content-addressed, so tenants
-/// publishing identical releases share one list (and its memory); `have` is
-/// only ever a release of the asking app (checked before), so no list can
-/// reveal another tenant's files.
+/// What a file list depends on: content ids (manifests without their
+/// owner), so tenants publishing identical files share one list (and its
+/// memory); `have` is only ever a release of the asking app (checked
+/// before), so no list can reveal another tenant's files.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ListingKey {
     target: ManifestId,
     platform: Option<Name>,
+    have: Option<ManifestId>,
+}
+
+/// The releases a list is made from, by manifest id (to load them as the
+/// asking tenant's).
+struct ListingSource {
+    target: ManifestId,
     have: Option<ManifestId>,
 }
 
@@ -110,42 +166,9 @@ struct Listing {
     artifacts: Arc<Vec<ArtifactFile>>,
     deleted: Arc<Vec<DeletedFile>>,
     delta: bool,
-    json: Arc<str>,
-    /// The earliest `fresh_until` of its URLs.
+    json: bytes::Bytes,
+    /// Until when every URL in it still has the guaranteed validity left.
     fresh_until: SystemTime,
-}
-
-/// Apps remembered per tenant (real apps are few; the cap bounds what
-/// lookups of made-up names can add).
-const MAX_CACHED_APPS_PER_TENANT: usize = 64;
-
-/// What the gateway keeps about a tenant.
-struct TenantState {
-    limiter: TenantLimiter,
-    apps: std::sync::RwLock<HashMap<Name, Option<Arc<AppView>>>>,
-}
-
-impl TenantState {
-    fn has_app(&self, app_id: i64) -> bool {
-        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
-        apps.values().any(|a| a.as_ref().is_some_and(|a| a.app_id == app_id))
-    }
-}
-
-/// An app's releases, newest first.
-struct AppView {
-    app_id: i64,
-    deployed: Option<semver::Version>,
-    versions: Vec<VersionEntry>,
-}
-
-struct VersionEntry {
-    version: semver::Version,
-    manifest_id: ManifestId,
-    published_at: SystemTime,
-    /// `version` and `manifest_id` as answers spell them, made once.
-    version_text: String,
-    manifest_hex: String,
 }
 
 /// A release's files without chunk lists: what answers need.
@@ -186,24 +209,42 @@ impl From<Manifest> for ReleaseView {
     }
 }
 
+/// How long a device's latest failure (or its absence) is remembered.
+pub const DEVICE_FAILURE_TTL: Duration = Duration::from_secs(30);
+
 impl Gateway {
+    /// A gateway writing reports through `meta`'s pool too.
     pub fn new(meta: Meta, blobs: Blobs, config: GatewayConfig) -> Self {
+        Self::with_clock(meta, blobs, config, Arc::new(SystemTime::now))
+    }
+
+    /// A gateway judging URL validity by `clock` (tests move time on).
+    pub fn with_clock(meta: Meta, blobs: Blobs, config: GatewayConfig, clock: Clock) -> Self {
+        let reports = meta.clone();
+        Self::build(meta, reports, blobs, config, clock)
+    }
+
+    /// The full constructor: `reports` is the pool (and database role)
+    /// reports are written with, apart from `meta`'s reads.
+    pub fn build(meta: Meta, reports: Meta, blobs: Blobs, config: GatewayConfig, clock: Clock) -> Self {
         // Plain (non-async) caches for the two per-request lookups: a hit is
         // a function call, not a future.
-        let keys = moka::sync::Cache::builder().max_capacity(1_000_000).time_to_live(config.key_cache_ttl).build();
-        let tenants = moka::sync::Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(config.release_cache_ttl)
-            .support_invalidation_closures()
-            .build();
+        let keys = ferry_auth::Keys::new(
+            meta.clone(),
+            ferry_auth::MissLimits {
+                found_ttl: Some(config.key_cache_ttl),
+                missing_ttl: config.key_cache_ttl,
+                ..config.auth
+            },
+        );
+        let tenants = moka::sync::Cache::builder().max_capacity(1_000_000).expire_after(IdleExpiry).build();
         // Releases are immutable: kept until memory pressure evicts them,
         // weighed by their number of files.
         let releases = Cache::builder()
             .max_capacity(500_000)
             .weigher(|_, r: &Arc<ReleaseView>| r.artifacts.iter().map(|a| a.files.len() as u32 + 1).sum())
             .build();
-        // A URL is handed out only while at least half its lifetime remains.
-        let urls = Cache::builder().max_capacity(1_000_000).time_to_live(config.presign_lifetime / 2).build();
+        let urls = Urls::new(blobs.clone(), config.presign_lifetime, clock.clone());
         // Weighed in bytes: `platform` is the client's to choose, so the
         // number of distinct lists is not; their memory is (64 MiB).
         let listings = Cache::builder()
@@ -212,6 +253,9 @@ impl Gateway {
             .time_to_live(config.presign_lifetime / 2)
             .build();
         let limits = Limits::new(&config);
+        let device_failures = Cache::builder().max_capacity(1_000_000).time_to_live(DEVICE_FAILURE_TTL).build();
+        let reports = ferry_reports::ReportStore::new(reports);
+        let hub = Hub::new(meta.clone(), config.release_cache_ttl);
         Self {
             inner: Arc::new(Inner {
                 meta,
@@ -223,10 +267,18 @@ impl Gateway {
                 urls,
                 listings,
                 limits,
+                clock,
+                reports,
+                device_failures,
                 metrics: Metrics::default(),
                 applied: tokio::sync::broadcast::channel(64).0,
+                hub,
             }),
         }
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -253,17 +305,34 @@ impl Gateway {
     pub async fn apply(&self, change: Change) {
         let inner = &self.inner;
         tracing::debug!(?change, "cache invalidation");
+        // Tenant entries are corrected in place: their limiters survive.
         match change.clone() {
-            Change::App(app_id) => {
-                let _ = inner.tenants.invalidate_entries_if(move |_, t| t.has_app(app_id));
+            Change::App { app_id, tenant_id: Some(tenant_id) } => {
+                if let Some(state) = inner.tenants.get(&tenant_id) {
+                    state.forget_app(app_id);
+                }
+            }
+            Change::App { app_id, tenant_id: None } => {
+                for (_, state) in inner.tenants.iter() {
+                    state.forget_app(app_id);
+                }
+            }
+            Change::Tenant(tenant_id) => {
+                if let Some(state) = inner.tenants.get(&tenant_id) {
+                    state.forget_all(false);
+                }
             }
             Change::Key(id) => inner.keys.invalidate(&id),
+            // A new limit starts a new limiter (with a full burst).
             Change::Limit(tenant_id) => inner.tenants.invalidate(&tenant_id),
             Change::Resync => {
-                inner.tenants.invalidate_all();
+                for (_, state) in inner.tenants.iter() {
+                    state.forget_all(true);
+                }
                 inner.keys.invalidate_all();
             }
         }
+        inner.hub.changed(&change);
         let _ = inner.applied.send(change);
     }
 
@@ -279,8 +348,7 @@ impl Gateway {
     /// "You run X; your private cloud runs Y; here is Y" (S0-3, S0-4, S1-3,
     /// S2-3, S2-5).
     pub async fn check(&self, p: &CheckParams) -> Result<CheckAnswer, GatewayError> {
-        let (auth, state, tenant, app) =
-            self.admit(p.authorization.as_deref(), p.device.as_deref(), &p.tenant, &p.app).await?;
+        let (auth, state, tenant, app) = self.admit(&p.caller, &p.tenant, &p.app).await?;
         let current_str = required("version", &p.version)?;
         let current = parse_version(current_str).map_err(|e| GatewayError::invalid("version", e))?;
         let platform = optional(&p.platform)
@@ -297,23 +365,29 @@ impl Gateway {
                 .iter()
                 .find(|v| v.version.cmp_precedence(want) == Ordering::Equal && v.version == *want)
                 .ok_or_else(|| GatewayError::version_not_published(tenant.as_str(), app.as_str(), want))?,
-            (None, Some(deployed)) => view
-                .versions
-                .iter()
-                .find(|v| v.version == *deployed)
-                .ok_or_else(|| GatewayError::internal("deployed version has no release"))?,
+            (None, Some(_)) => {
+                view.deployed_entry().ok_or_else(|| GatewayError::internal("deployed version has no release"))?
+            }
             (None, None) => return Err(GatewayError::not_deployed(tenant.as_str(), app.as_str())),
         };
-        let action = match current.cmp_precedence(&target.version) {
-            Ordering::Equal => Action::None,
-            Ordering::Less => Action::Upgrade,
-            Ordering::Greater => Action::Downgrade,
+        let action = Action::between(&current, &target.version);
+        // Required unless the target declares the client's version
+        // compatible (semver requirements match pre-releases only when they
+        // name one of the same major.minor.patch).
+        let required = action != Action::None && target.compatible.as_ref().is_none_or(|req| !req.matches(&current));
+        let last_failure = match p.caller.device.as_deref().filter(|d| !d.is_empty()) {
+            Some(device) => self.last_failure(view.app_id, device).await?.as_deref().map(LastFailureBody::from),
+            None => None,
         };
         let mut answer = CheckAnswer {
             action,
             current: current_str.to_owned(),
             target: target.version_text.clone(),
             manifest_id: target.manifest_hex.clone(),
+            tenant: target.owner(&tenant, &app).0.to_owned(),
+            app: target.owner(&tenant, &app).1.to_owned(),
+            required,
+            last_failure,
             artifacts: Arc::default(),
             deleted: Arc::default(),
             delta: false,
@@ -324,12 +398,15 @@ impl Gateway {
         }
         // A delta only against a release of this very app: anything else
         // (unknown, foreign, or the target itself) gets the full list.
-        let have = have.filter(|h| *h != target.manifest_id && view.versions.iter().any(|v| v.manifest_id == *h));
-        let key = ListingKey { target: target.manifest_id, platform, have };
+        let have = have
+            .and_then(|h| view.versions.iter().find(|v| v.manifest_id == h))
+            .filter(|v| v.content_id != target.content_id);
+        let key = ListingKey { target: target.content_id, platform, have: have.map(|v| v.content_id) };
         let listing = match self.inner.listings.get(&key).await {
-            Some(listing) if listing.fresh_until > SystemTime::now() => listing,
+            Some(listing) if listing.fresh_until > (self.inner.clock)() => listing,
             _ => {
-                let listing = Arc::new(self.listing(auth.tenant_id, &key).await?);
+                let source = ListingSource { target: target.manifest_id, have: have.map(|v| v.manifest_id) };
+                let listing = Arc::new(self.listing(auth.tenant_id, &key, &source).await?);
                 self.inner.listings.insert(key, listing.clone()).await;
                 listing
             }
@@ -343,21 +420,55 @@ impl Gateway {
 
     /// Builds the file list for `key`: the target's files for the platform,
     /// minus unchanged files of directory artifacts when `have` is known.
-    async fn listing(&self, tenant_id: i64, key: &ListingKey) -> Result<Listing, GatewayError> {
-        let release = self.release(tenant_id, key.target).await?;
-        let previous = match key.have {
-            Some(id) => Some(self.release(tenant_id, id).await?),
-            None => None,
+    async fn listing(&self, tenant_id: i64, key: &ListingKey, source: &ListingSource) -> Result<Listing, GatewayError> {
+        let release = self.release(tenant_id, key.target, source.target).await?;
+        let previous = match (key.have, source.have) {
+            (Some(content_id), Some(id)) => Some(self.release(tenant_id, content_id, id).await?),
+            _ => None,
         };
         let mut deleted = Vec::new();
         let mut wanted = Vec::new();
+        let for_platform =
+            |a: &ArtifactView| a.platforms.is_empty() || key.platform.as_ref().is_some_and(|p| a.platforms.contains(p));
+        // What the client holds of `have` and the target no longer has (an
+        // artifact dropped, or turned from a file into a directory or back)
+        // is deleted whole, so the client can rebuild the target's full
+        // list from its own and the delta.
+        if let Some(previous) = &previous {
+            for before in previous.artifacts.iter().filter(|a| for_platform(a)) {
+                let after = release
+                    .artifacts
+                    .iter()
+                    .find(|a| a.name == before.name && a.kind == before.kind && for_platform(a));
+                match (after, before.kind) {
+                    // Directories' removed files come from `diff` below.
+                    (Some(_), ArtifactKind::Directory) => {}
+                    // A single file renamed (crm-2.3.apk to crm-2.4.apk).
+                    (Some(after), ArtifactKind::File) => deleted.extend(
+                        before
+                            .files
+                            .iter()
+                            .filter(|f| after.files.iter().all(|g| g.path != f.path))
+                            .map(|f| DeletedFile { kind: before.name.to_string(), path: f.path.clone() }),
+                    ),
+                    (None, _) => deleted.extend(
+                        before
+                            .files
+                            .iter()
+                            .map(|f| DeletedFile { kind: before.name.to_string(), path: f.path.clone() }),
+                    ),
+                }
+            }
+        }
         for artifact in &release.artifacts {
-            if !artifact.platforms.is_empty() && !key.platform.as_ref().is_some_and(|p| artifact.platforms.contains(p))
-            {
+            if !for_platform(artifact) {
                 continue;
             }
+            // Only what the client holds of `have`: its platform's artifacts.
             let before = previous.as_ref().and_then(|prev| {
-                prev.artifacts.iter().find(|a| a.name == artifact.name && a.kind == ArtifactKind::Directory)
+                prev.artifacts
+                    .iter()
+                    .find(|a| a.name == artifact.name && a.kind == ArtifactKind::Directory && for_platform(a))
             });
             let (unchanged, gone) = match (artifact.kind, before) {
                 (ArtifactKind::Directory, Some(before)) => diff(before, artifact),
@@ -368,10 +479,11 @@ impl Gateway {
                 .extend(artifact.files.iter().filter(|f| !unchanged.contains(f.path.as_str())).map(|f| (artifact, f)));
         }
         let mut artifacts = Vec::with_capacity(wanted.len());
-        let mut fresh_until = SystemTime::now() + self.inner.config.presign_lifetime;
+        let min_remaining = self.inner.urls.min_remaining();
+        let mut fresh_until = (self.inner.clock)() + self.inner.config.presign_lifetime;
         for (artifact, file) in wanted {
-            let url = self.url(&file.hash).await?;
-            fresh_until = fresh_until.min(url.fresh_until);
+            let url = self.inner.urls.get(&file.hash).await?;
+            fresh_until = fresh_until.min(url.expires_at - min_remaining);
             artifacts.push(ArtifactFile {
                 kind: artifact.name.to_string(),
                 path: file.path.clone(),
@@ -382,19 +494,136 @@ impl Gateway {
             });
         }
         let delta = previous.is_some();
-        let json = listing_json(&artifacts, &deleted, delta).into();
+        let json = listing_json(&artifacts, &deleted, delta);
         Ok(Listing { artifacts: Arc::new(artifacts), deleted: Arc::new(deleted), delta, json, fresh_until })
+    }
+
+    /// A device's latest failure, from the cache or the database.
+    async fn last_failure(
+        &self,
+        app_id: i64,
+        device: &str,
+    ) -> Result<Option<Arc<ferry_reports::LastFailure>>, GatewayError> {
+        let reports = self.inner.reports.clone();
+        let device_owned = device.to_owned();
+        let found = self
+            .inner
+            .device_failures
+            .try_get_with((app_id, device.to_owned()), async move {
+                Ok::<_, ferry_store::StoreError>(reports.last_failure(app_id, &device_owned).await?.map(Arc::new))
+            })
+            .await?;
+        Ok(found)
+    }
+
+    /// Stores a report of how an upgrade went (S4-3), with the same
+    /// authentication, tenancy and rate limits as a check; answers whether
+    /// it was a retry.
+    pub async fn report(
+        &self,
+        caller: &Caller,
+        input: &ferry_reports::ReportInput,
+    ) -> Result<ReportAccepted, GatewayError> {
+        // The device's own limit applies, named by the header or the report.
+        let caller = Caller { device: caller.device.clone().or_else(|| input.device_id.clone()), ..caller.clone() };
+        let (auth, state, tenant, app) = self.admit(&caller, &input.tenant, &input.app).await?;
+        let report =
+            ferry_reports::Report::validate(input).map_err(|e| GatewayError::invalid_field(e.field, e.reason))?;
+        let view = self.app_view(&auth, &state, &tenant, &app).await?;
+        let (device, outcome) = (report.device_id.clone(), report.outcome);
+        let failure = (outcome != ferry_reports::Outcome::Success).then(|| {
+            Arc::new(ferry_reports::LastFailure {
+                version: report.to_version.to_string(),
+                outcome,
+                error_code: report.error_code.clone(),
+                error_message: report.error_message.clone(),
+                at: SystemTime::now(),
+            })
+        });
+        let report_id = report.report_id.clone();
+        let new = self.inner.reports.submit(auth.tenant_id, view.app_id, report).await?;
+        if new {
+            // This gateway's next check of the device shows it at once.
+            self.inner.device_failures.insert((view.app_id, device), failure).await;
+            self.inner.metrics.report(outcome.as_str());
+        }
+        Ok(ReportAccepted { report_id, duplicate: !new })
+    }
+
+    /// Opens a watch of an app's deployment (S1-6): the same key, tenancy
+    /// and rate limits as a check. `version` (optional) is the client's, to
+    /// tell it what to do; `last_event_id` the id of the last event it saw,
+    /// if it reconnects (one this gateway cannot read is ignored: the
+    /// client is then sent the current deployment).
+    pub async fn watch(
+        &self,
+        caller: &Caller,
+        tenant: &Option<String>,
+        app: &Option<String>,
+        version: &Option<String>,
+        last_event_id: Option<String>,
+    ) -> Result<Watcher, GatewayError> {
+        let (auth, state, tenant, app) = self.admit(caller, tenant, app).await?;
+        let current =
+            optional(version).map(parse_version).transpose().map_err(|e| GatewayError::invalid("version", e))?;
+        let (last_id, last_seq) = match last_event_id.as_deref().map(|id| (id, crate::watch::event_seq(id))) {
+            Some((id, Some(seq))) => (Some(id.to_owned()), seq),
+            _ => (None, 0),
+        };
+        let view = self.app_view(&auth, &state, &tenant, &app).await?;
+        // The first watch of an app starts from the database, not from a
+        // cached view that may lag behind what the client saw elsewhere.
+        let view = match self.inner.hub.is_watched(view.app_id) {
+            true => view,
+            false => self.load_app_view(auth.tenant_id, &app).await?.unwrap_or(view),
+        };
+        if !self.inner.hub.admit(self.inner.config.max_watches) {
+            self.inner.metrics.shed("watches");
+            let wait = 5 + (crate::watch::fastrand_fraction() * 25.0) as u64;
+            return Err(GatewayError::watches_full(wait));
+        }
+        let receiver = self.inner.hub.subscribe(auth.tenant_id, &tenant, &app, &view);
+        self.inner.metrics.watch_started();
+        Ok(Watcher {
+            gateway: self.clone(),
+            receiver,
+            current,
+            last_id,
+            last_seq,
+            authorization: caller.authorization.clone(),
+            heartbeat: self.inner.config.watch_heartbeat,
+            unconfirmed: 0,
+        })
+    }
+
+    /// Whether a watch's key is still a valid client key, from the key
+    /// cache (a revocation shows within its TTL); `None` when that cannot
+    /// be told now (lookups throttled, or the database away).
+    pub(crate) async fn key_status(&self, authorization: Option<&str>) -> Option<bool> {
+        match self.inner.keys.authenticate_header(authorization, None).await {
+            Ok(auth) => Some(auth.role == KeyRole::Client),
+            Err(ferry_auth::AuthError::Unauthenticated(_)) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Ends every open watch: their clients reconnect elsewhere (shutdown).
+    pub fn close_watches(&self) {
+        self.inner.hub.close();
     }
 
     /// The published versions, newest first (S2-3).
     pub async fn versions(
         &self,
-        authorization: Option<&str>,
-        device: Option<&str>,
+        caller: &Caller,
         tenant: &Option<String>,
         app: &Option<String>,
     ) -> Result<VersionList, GatewayError> {
-        let (auth, state, tenant, app) = self.admit(authorization, device, tenant, app).await?;
+        let (auth, state, tenant, app) = self.admit(caller, tenant, app).await?;
         let view = self.app_view(&auth, &state, &tenant, &app).await?;
         Ok(VersionList {
             deployed: view.deployed.as_ref().map(ToString::to_string),
@@ -415,14 +644,13 @@ impl Gateway {
     /// key's tenant is the one asked about (S1-4).
     async fn admit(
         &self,
-        authorization: Option<&str>,
-        device: Option<&str>,
+        caller: &Caller,
         tenant: &Option<String>,
         app: &Option<String>,
     ) -> Result<(Authenticated, Arc<TenantState>, Name, Name), GatewayError> {
-        let auth = self.authenticate(authorization).await?;
+        let auth = self.authenticate(caller).await?;
         let state = self.tenant(auth.tenant_id).await?;
-        self.inner.limits.admit(&state.limiter, auth.tenant_id, device, &self.inner.metrics)?;
+        self.inner.limits.admit(&state.limiter, auth.tenant_id, caller.device.as_deref(), &self.inner.metrics)?;
         let tenant_str = required("tenant", tenant)?;
         let app_str = required("app", app)?;
         let tenant = Name::parse("tenant", tenant_str).map_err(|e| GatewayError::invalid("tenant", e))?;
@@ -433,10 +661,16 @@ impl Gateway {
         Ok((auth, state, tenant, app))
     }
 
-    /// The tenant's cached state, loading its rate limit on a miss.
+    /// The tenant's cached state, loading its rate limit on a miss and
+    /// reading it again once it may be stale. The limiter is kept unless
+    /// the rate really changed.
     async fn tenant(&self, tenant_id: i64) -> Result<Arc<TenantState>, GatewayError> {
-        if let Some(state) = self.inner.tenants.get(&tenant_id) {
-            return Ok(state);
+        let ttl = self.inner.config.release_cache_ttl;
+        let cached = self.inner.tenants.get(&tenant_id);
+        if let Some(state) = &cached
+            && !state.rate_is_stale(ttl)
+        {
+            return Ok(state.clone());
         }
         let default = self.inner.config.tenant_rate;
         let rate = self
@@ -445,83 +679,109 @@ impl Gateway {
             .tenant_limit(tenant_id)
             .await?
             .map_or(default, |(per_second, burst)| Rate { per_second, burst });
-        let state = Arc::new(TenantState { limiter: self.inner.limits.tenant_limiter(rate), apps: Default::default() });
-        // Two requests racing on a miss keep whichever entry landed first.
-        Ok(self.inner.tenants.entry(tenant_id).or_insert(state).into_value())
+        if let Some(state) = cached
+            && state.rate == rate
+        {
+            state.confirm_rate(ttl);
+            return Ok(state);
+        }
+        let state = Arc::new(TenantState::new(self.inner.limits.tenant_limiter(rate), rate, ttl));
+        // Two requests racing keep whichever entry for this rate landed
+        // first, so neither hands out a second burst.
+        let entry = self.inner.tenants.entry(tenant_id).and_upsert_with(|existing| match existing {
+            Some(existing) if existing.value().rate == rate => existing.into_value(),
+            _ => state,
+        });
+        Ok(entry.into_value())
     }
 
-    async fn authenticate(&self, authorization: Option<&str>) -> Result<Authenticated, GatewayError> {
-        let token = authorization.and_then(|h| h.strip_prefix("Bearer ")).ok_or_else(|| {
-            GatewayError::unauthenticated("missing or malformed Authorization header (Bearer <client key>)")
-        })?;
-        let key = ApiKey::parse(token).map_err(|e| GatewayError::unauthenticated(e.to_string()))?;
-        if key.role != KeyRole::Client {
+    async fn authenticate(&self, caller: &Caller) -> Result<Authenticated, GatewayError> {
+        let auth = match self.inner.keys.authenticate_header(caller.authorization.as_deref(), caller.source).await {
+            Ok(auth) => auth,
+            Err(ferry_auth::AuthError::Unauthenticated(why)) => return Err(GatewayError::unauthenticated(why)),
+            Err(ferry_auth::AuthError::Throttled { retry_after }) => {
+                self.inner.metrics.shed("source");
+                return Err(GatewayError::rate_limited("source", crate::limits::retry_after(retry_after)));
+            }
+            Err(ferry_auth::AuthError::Store(e)) => return Err(e.into()),
+        };
+        if auth.role != KeyRole::Client {
             return Err(GatewayError::unauthenticated("not a client key"));
         }
-        let record = match self.inner.keys.get(&key.id) {
-            Some(record) => record,
-            None => {
-                let record = self.inner.meta.key_record(&key.id).await?;
-                self.inner.keys.insert(key.id.clone(), record.clone());
-                record
-            }
-        };
-        record.and_then(|r| r.check(&key)).ok_or_else(|| GatewayError::unauthenticated("unknown or revoked client key"))
+        Ok(auth)
     }
 
     async fn app_view(
         &self,
         auth: &Authenticated,
-        state: &TenantState,
+        state: &Arc<TenantState>,
         tenant: &Name,
         app: &Name,
     ) -> Result<Arc<AppView>, GatewayError> {
-        let cached = state.apps.read().unwrap_or_else(|e| e.into_inner()).get(app).cloned();
-        let view = match cached {
-            Some(view) => view,
-            None => {
-                let view = self.load_app_view(auth.tenant_id, app).await?;
-                let mut apps = state.apps.write().unwrap_or_else(|e| e.into_inner());
-                // Names that do not exist are remembered only a few at a
-                // time: a client may ask for any name it likes.
-                if view.is_some() || apps.len() < MAX_CACHED_APPS_PER_TENANT {
-                    apps.insert(app.clone(), view.clone());
+        let ttl = self.inner.config.release_cache_ttl;
+        let view = match state.lookup(app, ttl, std::time::Instant::now()) {
+            Lookup::Fresh(view) => view,
+            Lookup::Stale { view, refresh } => {
+                if refresh {
+                    self.refresh_app(auth.tenant_id, state.clone(), app.clone());
                 }
+                view
+            }
+            Lookup::Missing => {
+                let generation = state.generation();
+                let view = self.load_app_view(auth.tenant_id, app).await?;
+                self.inner.metrics.cache_load("apps");
+                state.remember(app, view.clone(), generation, self.fresh_for());
                 view
             }
         };
         view.ok_or_else(|| GatewayError::app_not_found(tenant.as_str(), app.as_str()))
     }
 
+    /// Re-reads an app's list in the background; requests meanwhile get
+    /// the one cached.
+    fn refresh_app(&self, tenant_id: i64, state: Arc<TenantState>, app: Name) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let generation = state.generation();
+            match this.load_app_view(tenant_id, &app).await {
+                Ok(view) => {
+                    this.inner.metrics.cache_load("apps");
+                    state.remember(&app, view, generation, this.fresh_for());
+                }
+                Err(e) => {
+                    tracing::warn!(tenant_id, app = %app, error = %e.message, "re-reading an app's releases failed");
+                    state.refresh_failed(&app);
+                }
+            }
+        });
+    }
+
+    /// How long a list just read stays fresh: the TTL less up to a quarter
+    /// at random, so lists read together are not all re-read together.
+    fn fresh_for(&self) -> Duration {
+        let ttl = self.inner.config.release_cache_ttl;
+        ttl.saturating_sub((ttl / 4).mul_f64(crate::watch::fastrand_fraction()))
+    }
+
     async fn load_app_view(&self, tenant_id: i64, app: &Name) -> Result<Option<Arc<AppView>>, GatewayError> {
-        let Some(rows) = self.inner.meta.app_releases(tenant_id, app).await? else { return Ok(None) };
-        let mut versions: Vec<VersionEntry> = rows
-            .releases
-            .into_iter()
-            .filter_map(|r| {
-                let version = parse_version(&r.version).ok()?;
-                Some(VersionEntry {
-                    version_text: version.to_string(),
-                    manifest_hex: r.manifest_id.to_string(),
-                    version,
-                    manifest_id: r.manifest_id,
-                    published_at: r.published_at,
-                })
-            })
-            .collect();
-        versions.sort_by(|a, b| b.version.cmp_precedence(&a.version).then_with(|| b.version.cmp(&a.version)));
-        let deployed = rows.deployed.and_then(|v| parse_version(&v).ok());
-        Ok(Some(Arc::new(AppView { app_id: rows.app_id, deployed, versions })))
+        Ok(crate::tenants::load_app_view(&self.inner.meta, tenant_id, app).await?)
     }
 
     /// A release's file list. `id` must be a release of `tenant_id`'s (it
-    /// comes from its app view); the cache is shared by content.
-    async fn release(&self, tenant_id: i64, id: ManifestId) -> Result<Arc<ReleaseView>, GatewayError> {
+    /// comes from its app view), `content_id` its content id: the cache is
+    /// shared by content.
+    async fn release(
+        &self,
+        tenant_id: i64,
+        content_id: ManifestId,
+        id: ManifestId,
+    ) -> Result<Arc<ReleaseView>, GatewayError> {
         let meta = self.inner.meta.clone();
         let release = self
             .inner
             .releases
-            .try_get_with(id, async move {
+            .try_get_with(content_id, async move {
                 let body = meta.load_manifest(tenant_id, id).await?.ok_or_else(|| {
                     ferry_store::StoreError::Integrity(format!("manifest {id} of a release is missing"))
                 })?;
@@ -531,27 +791,6 @@ impl Gateway {
             })
             .await?;
         Ok(release)
-    }
-
-    /// A presigned URL for a file, reused while at least half its lifetime
-    /// remains (presigning costs ~30 µs; reuse keeps the hot path cheap).
-    async fn url(&self, hash: &Hash) -> Result<PresignedUrl, GatewayError> {
-        let (blobs, lifetime, hash_owned) = (self.inner.blobs.clone(), self.inner.config.presign_lifetime, *hash);
-        let entry = self
-            .inner
-            .urls
-            .try_get_with(*hash, async move {
-                let now = SystemTime::now();
-                let (url, expires_at) = blobs.presign_file_from(&hash_owned, now, lifetime).await?;
-                let half = expires_at.duration_since(now).unwrap_or_default() / 2;
-                Ok::<_, ferry_store::StoreError>(PresignedUrl {
-                    url: Arc::from(url),
-                    expires_at,
-                    fresh_until: now + half,
-                })
-            })
-            .await?;
-        Ok(entry)
     }
 }
 
@@ -578,4 +817,20 @@ fn parse_manifest_id(hex_id: &str) -> Result<ManifestId, GatewayError> {
     let bytes =
         hex::decode(hex_id).map_err(|_| GatewayError::invalid("have", "must be 64 hex digits (a manifest id)"))?;
     ManifestId::from_slice(&bytes).ok_or_else(|| GatewayError::invalid("have", "must be 64 hex digits (a manifest id)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_never_prints_its_key() {
+        let caller = Caller {
+            authorization: Some("Bearer ferry_client_0123456789ab_secretsecret".into()),
+            device: Some("phone-1".into()),
+            source: None,
+        };
+        let shown = format!("{:?}", CheckParams { caller, ..Default::default() });
+        assert!(!shown.contains("secretsecret") && shown.contains("phone-1"), "{shown}");
+    }
 }

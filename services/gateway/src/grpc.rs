@@ -5,12 +5,32 @@ use ferry_proto::gateway::v1 as pb;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::core::{CheckParams, Gateway};
+use crate::core::{Caller, CheckParams, Gateway};
 use crate::error::GatewayError;
 use crate::model::{CheckAnswer, VersionList};
+use crate::watch::WatchItem;
 
 fn meta_str(metadata: &MetadataMap, name: &str) -> Option<String> {
     metadata.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Who makes a call (the key in `authorization`, the device in
+/// `x-ferry-device`, the connection's peer address), and its message.
+fn caller<T>(request: Request<T>) -> (Caller, T) {
+    let source = request.extensions().get::<ferry_net::ConnInfo>().and_then(|info| info.remote_addr).map(|a| a.ip());
+    let (metadata, _, message) = request.into_parts();
+    let caller = Caller {
+        authorization: meta_str(&metadata, "authorization"),
+        device: meta_str(&metadata, "x-ferry-device"),
+        source,
+    };
+    (caller, message)
+}
+
+/// The caller, with the device the message names (if it names one)
+/// instead of the header's.
+fn with_device(caller: Caller, device: String) -> Caller {
+    Caller { device: non_empty(device).or(caller.device), ..caller }
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -33,6 +53,8 @@ impl From<CheckAnswer> for pb::CheckResponse {
             current: a.current,
             target: a.target,
             manifest_id: a.manifest_id,
+            tenant: a.tenant,
+            app: a.app,
             artifacts: a
                 .artifacts
                 .iter()
@@ -47,6 +69,14 @@ impl From<CheckAnswer> for pb::CheckResponse {
                 .collect(),
             deleted: a.deleted.iter().map(|d| pb::DeletedFile { kind: d.kind.clone(), path: d.path.clone() }).collect(),
             delta: a.delta,
+            required: a.required,
+            last_failure: a.last_failure.map(|f| pb::LastFailure {
+                version: f.version,
+                result: f.result,
+                error_code: f.error_code.unwrap_or_default(),
+                error_message: f.error_message.unwrap_or_default(),
+                at: f.at,
+            }),
         }
     }
 }
@@ -69,13 +99,54 @@ impl From<VersionList> for pb::ListVersionsResponse {
     }
 }
 
+impl From<crate::model::DeployNotice> for pb::Deployment {
+    fn from(n: crate::model::DeployNotice) -> Self {
+        pb::Deployment {
+            tenant: n.tenant,
+            app: n.app,
+            version: n.version,
+            manifest_id: n.manifest_id,
+            compatible: n.compatible.unwrap_or_default(),
+            action: n.action.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+            required: n.required.unwrap_or(false),
+        }
+    }
+}
+
+type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::gateway_server::Gateway for Gateway {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let (caller, req) = caller(request);
+        let caller = with_device(caller, req.device);
+        let watcher = Gateway::watch(
+            self,
+            &caller,
+            &Some(req.tenant),
+            &Some(req.app),
+            &non_empty(req.version),
+            non_empty(req.last_event_id),
+        )
+        .await
+        .map_err(|e| status(self, "watch", e))?;
+        self.metrics().request("grpc", "watch", "ok");
+        let events = futures::stream::unfold(watcher, |mut watcher| async move {
+            let event = match watcher.next().await? {
+                WatchItem::Deployed { id, notice } => pb::WatchEvent { id, deployed: Some(notice.into()) },
+                WatchItem::Heartbeat => pb::WatchEvent::default(),
+            };
+            Some((Ok(event), watcher))
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (caller, req) = caller(request);
         let params = CheckParams {
-            authorization: meta_str(&metadata, "authorization"),
-            device: non_empty(req.device).or_else(|| meta_str(&metadata, "x-ferry-device")),
+            caller: with_device(caller, req.device),
             tenant: Some(req.tenant),
             app: Some(req.app),
             version: Some(req.version),
@@ -92,14 +163,42 @@ impl pb::gateway_server::Gateway for Gateway {
         }
     }
 
+    async fn submit_report(
+        &self,
+        request: Request<pb::SubmitReportRequest>,
+    ) -> Result<Response<pb::SubmitReportResponse>, Status> {
+        let (caller, req) = caller(request);
+        let input = ferry_reports::ReportInput {
+            report_id: non_empty(req.report_id),
+            device_id: non_empty(req.device_id),
+            tenant: Some(req.tenant),
+            app: Some(req.app),
+            from_version: non_empty(req.from_version),
+            to_version: non_empty(req.to_version),
+            result: non_empty(req.result),
+            error_code: non_empty(req.error_code),
+            error_message: non_empty(req.error_message),
+            duration_ms: req.duration_ms,
+            platform: non_empty(req.platform),
+        };
+        match self.report(&caller, &input).await {
+            Ok(accepted) => {
+                self.metrics().request("grpc", "reports", "ok");
+                Ok(Response::new(pb::SubmitReportResponse {
+                    report_id: accepted.report_id,
+                    duplicate: accepted.duplicate,
+                }))
+            }
+            Err(e) => Err(status(self, "reports", e)),
+        }
+    }
+
     async fn list_versions(
         &self,
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
-        let authorization = meta_str(&metadata, "authorization");
-        let device = meta_str(&metadata, "x-ferry-device");
-        match self.versions(authorization.as_deref(), device.as_deref(), &Some(req.tenant), &Some(req.app)).await {
+        let (caller, req) = caller(request);
+        match self.versions(&caller, &Some(req.tenant), &Some(req.app)).await {
             Ok(list) => {
                 self.metrics().request("grpc", "versions", "ok");
                 Ok(Response::new(list.into()))

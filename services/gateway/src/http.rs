@@ -1,19 +1,30 @@
-//! The HTTP API apps call (`/v1/check`, `/v1/versions`), plus `/openapi.json`,
+//! The HTTP API apps call (`/v1/check`, `/v1/versions`, `/v1/reports`,
+//! `/v1/watch`), plus `/openapi.json`,
 //! `/healthz`, `/readyz` and `/metrics`.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use std::time::Duration;
+
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use ferry_net::ConnInfo;
 use serde::Deserialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi};
 
-use crate::core::{CheckParams, Gateway};
+use crate::core::{Caller, CheckParams, Gateway};
 use crate::error::GatewayError;
-use crate::model::{Action, ArtifactFile, CheckAnswer, DeletedFile, ErrorBody, VersionInfo, VersionList};
+use crate::model::{
+    Action, ArtifactFile, CheckAnswer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody, ReportAccepted,
+    ReportBody, VersionInfo, VersionList,
+};
+use crate::watch::WatchItem;
 
 /// The HTTP API, described from the code itself.
 #[derive(OpenApi)]
@@ -24,8 +35,20 @@ use crate::model::{Action, ArtifactFile, CheckAnswer, DeletedFile, ErrorBody, Ve
                        download it. Every call needs `Authorization: Bearer <client key>`.",
         version = "1"
     ),
-    paths(check, versions),
-    components(schemas(CheckAnswer, Action, ArtifactFile, DeletedFile, VersionList, VersionInfo, ErrorBody)),
+    paths(check, versions, reports, watch),
+    components(schemas(
+        CheckAnswer,
+        Action,
+        ArtifactFile,
+        DeletedFile,
+        LastFailureBody,
+        VersionList,
+        VersionInfo,
+        ReportBody,
+        ReportAccepted,
+        DeployNotice,
+        ErrorBody
+    )),
     modifiers(&ClientKey),
     security(("client_key" = []))
 )]
@@ -53,14 +76,27 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises")
 }
 
+/// The largest request body (or gRPC message) accepted: the API's requests
+/// are small.
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 pub fn router(gateway: Gateway) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/check", get(check))
         .route("/v1/versions", get(versions))
-        .route("/openapi.json", get(openapi))
+        .route("/v1/reports", post(reports))
+        .route("/v1/watch", get(watch));
+    // Browsers may call the API from the configured origins; the
+    // operational endpoints stay same-origin.
+    let api = match gateway.config().cors.layer() {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
+    api.route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(gateway)
 }
 
@@ -94,6 +130,26 @@ struct VersionsQuery {
     app: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct WatchQuery {
+    #[param(required = true)]
+    tenant: Option<String>,
+    #[param(required = true)]
+    app: Option<String>,
+    /// The version the client runs: events then say what it should do
+    /// (`action`, `required`).
+    #[param(example = "2.3.0")]
+    version: Option<String>,
+    /// The client key, for browsers' `EventSource`, which cannot send
+    /// headers; `Authorization` wins when both are present. URLs end up in
+    /// logs: prefer the header wherever the client can set it.
+    access_token: Option<String>,
+    /// The id of the last event seen, for clients that cannot send the
+    /// `Last-Event-ID` header; the header wins when both are present.
+    last_event_id: Option<String>,
+}
+
 /// Which version to run, and where to download it.
 #[utoipa::path(
     get,
@@ -108,21 +164,24 @@ struct VersionsQuery {
         (status = 401, description = "Missing, malformed, unknown or revoked client key", body = ErrorBody),
         (status = 404, description = "No such app for this key (`not_found`), nothing deployed yet (`not_deployed`), \
                                       or `want` is not published (`version_not_found`)", body = ErrorBody),
-        (status = 429, description = "Over the tenant's or device's rate limit: retry after `Retry-After` seconds",
+        (status = 429, description = "Over the tenant's or device's rate limit, or too many unknown keys from this \
+                                      address: retry after `Retry-After` seconds",
          body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "Release data is unavailable: retry later", body = ErrorBody),
+        (status = 431, description = "The request head (URL and headers) is larger than 16 KiB"),
+        (status = 503, description = "Release data is unavailable, or download links cannot be signed right now: \
+                                      retry later", body = ErrorBody),
     )
 )]
 async fn check(
     State(gateway): State<Gateway>,
+    conn: Option<Extension<ConnInfo>>,
     headers: HeaderMap,
     query: Result<Query<CheckQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
         let Query(q) = query.map_err(|e| GatewayError::invalid("query", e.body_text()))?;
         let params = CheckParams {
-            authorization: header_str(&headers, header::AUTHORIZATION.as_str()),
-            device: header_str(&headers, "x-ferry-device"),
+            caller: caller(&headers, conn),
             tenant: q.tenant,
             app: q.app,
             version: q.version,
@@ -133,7 +192,7 @@ async fn check(
         gateway.check(&params).await
     }
     .await;
-    respond(&gateway, "check", result.map(|answer| Encoded(answer.to_json())))
+    respond(&gateway, "check", result.map(|answer| Encoded(answer.to_json_parts())))
 }
 
 /// The published versions, newest first, and the deployed one.
@@ -152,17 +211,128 @@ async fn check(
 )]
 async fn versions(
     State(gateway): State<Gateway>,
+    conn: Option<Extension<ConnInfo>>,
     headers: HeaderMap,
     query: Result<Query<VersionsQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
         let Query(q) = query.map_err(|e| GatewayError::invalid("query", e.body_text()))?;
-        let authorization = header_str(&headers, header::AUTHORIZATION.as_str());
-        let device = header_str(&headers, "x-ferry-device");
-        gateway.versions(authorization.as_deref(), device.as_deref(), &q.tenant, &q.app).await
+        gateway.versions(&caller(&headers, conn), &q.tenant, &q.app).await
     }
     .await;
     respond(&gateway, "versions", result.map(Json))
+}
+
+/// Reports how an upgrade (or downgrade) went on a device (S4-3), with the
+/// same key, tenancy and rate limits as `/v1/check`. Successes are reported
+/// too. A failure or rollback alerts the tenant's administrators and is
+/// shown in the device's next check until a success report clears it.
+#[utoipa::path(
+    post,
+    path = "/v1/reports",
+    request_body = ReportBody,
+    params(
+        ("X-Ferry-Device" = Option<String>, Header, description = "Stable device id, for per-device rate limits \
+                                                                   (default: the report's device_id)"),
+    ),
+    responses(
+        (status = 202, description = "Stored (or stored before, when `duplicate`)", body = ReportAccepted),
+        (status = 400, description = "The body is not JSON, has an unknown field, or a field is missing or \
+                                      malformed (the message names it)", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown or revoked client key", body = ErrorBody),
+        (status = 404, description = "No such app for this key", body = ErrorBody),
+        (status = 429, description = "Over a rate limit: retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Reports cannot be stored right now: retry later (same report_id)",
+         body = ErrorBody),
+    )
+)]
+async fn reports(
+    State(gateway): State<Gateway>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+    body: Result<Json<ferry_reports::ReportInput>, JsonRejection>,
+) -> Response {
+    let result = async {
+        let Json(input) = body.map_err(|e| GatewayError::invalid_field("body", e.body_text()))?;
+        gateway.report(&caller(&headers, conn), &input).await
+    }
+    .await;
+    respond(&gateway, "reports", result.map(|accepted| (StatusCode::ACCEPTED, Json(accepted))))
+}
+
+/// Push notices (S1-6): a Server-Sent Events stream with an event
+/// `deployed` (data: `DeployNotice`) whenever the app's deployed version,
+/// or its `required` rule, changes, and the current deployment at once on
+/// connect unless `Last-Event-ID` names it (or a later one). Event ids are
+/// `<deploy sequence>-<digest>`. Comments (`:`) are heartbeats, every 15 s by
+/// default. The stream ends when the gateway shuts down or the key is
+/// revoked: reconnect with `Last-Event-ID` (browsers' `EventSource` does so
+/// by itself, but not after an error status: reconnect yourself after a 429
+/// or 503) and no change is missed. Same key, tenancy and rate limits as
+/// `/v1/check`.
+#[utoipa::path(
+    get,
+    path = "/v1/watch",
+    params(
+        WatchQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event seen (on reconnect)"),
+        ("X-Ferry-Device" = Option<String>, Header, description = "Stable device id, for per-device rate limits"),
+    ),
+    responses(
+        (status = 200, description = "An event stream; each event's data is a `DeployNotice`",
+         content_type = "text/event-stream", body = DeployNotice),
+        (status = 400, description = "A parameter is missing or malformed", body = ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown or revoked client key", body = ErrorBody),
+        (status = 404, description = "No such app for this key", body = ErrorBody),
+        (status = 429, description = "Over a rate limit: retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Release data is unavailable, or this gateway holds as many watches as it \
+                                      may: retry after `Retry-After` seconds (another replica may have room)",
+         body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+async fn watch(
+    State(gateway): State<Gateway>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let Query(q) = query.map_err(|e| GatewayError::invalid("query", e.body_text()))?;
+        let mut caller = caller(&headers, conn);
+        if caller.authorization.is_none() {
+            caller.authorization = q.access_token.map(|token| format!("Bearer {token}"));
+        }
+        let last_event_id = header_str(&headers, "last-event-id").or(q.last_event_id);
+        gateway.watch(&caller, &q.tenant, &q.app, &q.version, last_event_id).await
+    }
+    .await;
+    let watcher = match result {
+        Ok(watcher) => watcher,
+        Err(e) => return respond(&gateway, "watch", Err::<(), _>(e)),
+    };
+    // The first event also tells browsers' EventSource how long to wait
+    // before reconnecting: 2 to 7 s at random, so that the watchers of a
+    // gateway that shuts down come back spread out.
+    let retry = Duration::from_millis(2000 + (crate::watch::fastrand_fraction() * 5000.0) as u64);
+    let events = futures::stream::unfold((watcher, Some(retry)), |(mut watcher, retry)| async move {
+        let event = match watcher.next().await? {
+            WatchItem::Deployed { id, notice } => {
+                Event::default().event("deployed").id(id).json_data(&notice).expect("notices serialise")
+            }
+            WatchItem::Heartbeat => Event::default().comment(""),
+        };
+        let event = match retry {
+            Some(retry) => event.retry(retry),
+            None => event,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (watcher, None)))
+    });
+    let mut response = respond(&gateway, "watch", Ok(Sse::new(events)));
+    // Proxies that buffer responses (nginx) would hold events back.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 async fn openapi() -> Response {
@@ -185,12 +355,48 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-/// A JSON body encoded already.
-struct Encoded(Vec<u8>);
+fn caller(headers: &HeaderMap, conn: Option<Extension<ConnInfo>>) -> Caller {
+    Caller {
+        authorization: header_str(headers, header::AUTHORIZATION.as_str()),
+        device: header_str(headers, "x-ferry-device"),
+        source: conn.and_then(|Extension(c)| c.remote_addr).map(|a| a.ip()),
+    }
+}
+
+/// A JSON body encoded already, in parts: the cached file list is shared,
+/// never copied per request.
+struct Encoded(Vec<Bytes>);
 
 impl IntoResponse for Encoded {
     fn into_response(self) -> Response {
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.0).into_response()
+        let body = axum::body::Body::new(PartsBody { parts: self.0.into() });
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    }
+}
+
+/// A body of a few shared buffers with an exact length (so HTTP/1.1 sends
+/// `Content-Length`, not chunks).
+struct PartsBody {
+    parts: std::collections::VecDeque<Bytes>,
+}
+
+impl http_body::Body for PartsBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.parts.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.parts.iter().map(|b| b.len() as u64).sum())
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod core;
+pub mod cors;
 mod error;
 mod grpc;
 mod http;
@@ -13,11 +14,18 @@ mod limits;
 mod metrics;
 mod model;
 mod server;
+mod tenants;
+mod urls;
+mod watch;
 
-pub use crate::core::{CheckParams, Gateway, GatewayConfig};
+pub use crate::core::{Caller, CheckParams, Clock, DEVICE_FAILURE_TTL, Gateway, GatewayConfig};
 pub use error::GatewayError;
 pub use http::{openapi_json, router};
 pub use limits::Rate;
 pub use metrics::Metrics;
-pub use model::{Action, ArtifactFile, CheckAnswer, DeletedFile, ErrorBody, VersionInfo, VersionList};
+pub use model::{
+    Action, ArtifactFile, CheckAnswer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody, ReportAccepted,
+    ReportBody, VersionInfo, VersionList,
+};
 pub use server::serve;
+pub use watch::{WatchItem, Watcher};

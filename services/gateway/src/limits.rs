@@ -24,6 +24,13 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// How long an unused limiter takes to get its whole burst back (at
+    /// most a day: longer idle entries are forgotten anyway).
+    pub(crate) fn refill_time(self) -> Duration {
+        let seconds = f64::from(self.burst.max(1)) / self.per_second.max(1e-6);
+        Duration::from_secs_f64(seconds.min(86_400.0))
+    }
+
     fn quota(self) -> Quota {
         let burst = NonZeroU32::new(self.burst.max(1)).expect("at least one");
         let period = Duration::from_secs_f64(1.0 / self.per_second.max(1e-6));
@@ -100,7 +107,7 @@ impl Limits {
 
 /// Whole seconds to wait, plus up to half again (at least one second) of
 /// random jitter, so clients refused together do not return together.
-fn retry_after(wait: Duration) -> u64 {
+pub(crate) fn retry_after(wait: Duration) -> u64 {
     let base = wait.as_secs_f64().ceil().max(1.0) as u64;
     let spread = (base / 2).max(1);
     base + u64::from(getrandom::u32().unwrap_or(0)) % (spread + 1)
@@ -112,17 +119,36 @@ mod tests {
 
     #[test]
     fn retry_after_is_at_least_the_wait_and_jittered_within_bounds() {
-        for _ in 0..100 {
+        let (mut seen_low, mut seen_high) = (false, false);
+        for _ in 0..200 {
             let s = retry_after(Duration::from_millis(2500));
             assert!((3..=4).contains(&s), "{s}");
+            seen_low |= s == 3;
+            seen_high |= s == 4;
             let s = retry_after(Duration::from_millis(10));
             assert!((1..=2).contains(&s), "{s}");
         }
+        // Jittered: both ends show up (the chance that one never does in
+        // 200 draws is 2^-199).
+        assert!(seen_low && seen_high);
     }
 
+    /// The quota refills at exactly the configured rate, after the burst:
+    /// 2 per second is one request every 500 ms, on a clock the test moves.
     #[test]
-    fn quota_allows_the_burst_then_refuses() {
-        let limiter = RateLimiter::direct(Rate { per_second: 0.001, burst: 3 }.quota());
+    fn quota_allows_the_burst_then_refills_at_the_rate() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let limiter = RateLimiter::direct_with_clock(Rate { per_second: 2.0, burst: 3 }.quota(), clock.clone());
+        assert!((0..3).all(|_| limiter.check().is_ok()));
+        let refused = limiter.check().unwrap_err();
+        assert_eq!(refused.wait_time_from(clock.now()), Duration::from_millis(500));
+        clock.advance(Duration::from_millis(499));
+        assert!(limiter.check().is_err());
+        clock.advance(Duration::from_millis(1));
+        assert!(limiter.check().is_ok());
+        assert!(limiter.check().is_err());
+        // A long pause refills the burst, never more.
+        clock.advance(Duration::from_secs(3600));
         assert!((0..3).all(|_| limiter.check().is_ok()));
         assert!(limiter.check().is_err());
     }

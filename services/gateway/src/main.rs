@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serves HTTP and gRPC.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Prints the OpenAPI document of the HTTP API.
     Openapi,
 }
@@ -41,7 +41,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let meta = ferry_store::connect(&config.database_url, config.db_max_connections)?;
             let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
             let changes = ferry_store::listen(&config.database_url)?;
-            let gateway = Gateway::new(meta, blobs, tunables);
+            // Reports get connections of their own: ingestion never waits
+            // for (or holds up) the connections checks read with.
+            let reports_url = config.reports_database_url.as_ref().unwrap_or(&config.database_url);
+            let reports = ferry_store::connect(reports_url, 4)?;
+            let gateway =
+                Gateway::build(meta, reports, blobs, tunables, std::sync::Arc::new(std::time::SystemTime::now));
             gateway.follow(changes);
             let http = tokio::net::TcpListener::bind(config.listen).await?;
             let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;

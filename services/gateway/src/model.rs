@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -19,6 +20,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// What a client running `current` does to run `target`.
+    pub fn between(current: &semver::Version, target: &semver::Version) -> Self {
+        match current.cmp_precedence(target) {
+            std::cmp::Ordering::Equal => Action::None,
+            std::cmp::Ordering::Less => Action::Upgrade,
+            std::cmp::Ordering::Greater => Action::Downgrade,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::None => "none",
@@ -41,10 +51,27 @@ pub struct CheckAnswer {
     /// Hex BLAKE3 id of the target release's manifest; send it back as
     /// `have` later to get only what changed.
     pub manifest_id: String,
+    /// The tenant and app the target release belongs to: a client refuses
+    /// an answer that does not name its own (S1-8).
+    #[schema(example = "acme")]
+    pub tenant: String,
+    #[schema(example = "crm")]
+    pub app: String,
+    /// True when the client must update before it can be used (show a "you
+    /// must update to continue" prompt): its version is not among those the
+    /// target release declares compatible, or the release declares none.
+    /// False when `action` is `none`, or when the update may wait.
+    pub required: bool,
+    /// This device's (`X-Ferry-Device`) latest failed or rolled-back
+    /// upgrade of this app, until a later success report clears it: show it
+    /// to the user at launch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailureBody>,
     /// Files to download; empty when `action` is `none`.
     #[schema(value_type = Vec<ArtifactFile>)]
     pub artifacts: Arc<Vec<ArtifactFile>>,
-    /// With `have`: files of directory artifacts to delete.
+    /// With `have`: files of that release the target no longer has (removed
+    /// from a directory, a renamed single file, or a dropped artifact).
     #[schema(value_type = Vec<DeletedFile>)]
     pub deleted: Arc<Vec<DeletedFile>>,
     /// True when `have` was known and `artifacts` lists only changes.
@@ -53,44 +80,86 @@ pub struct CheckAnswer {
     /// shared by every answer with the same file list: the hot path then
     /// encodes only the four short fields in front.
     #[serde(skip)]
-    pub(crate) listing_json: Option<Arc<str>>,
+    pub(crate) listing_json: Option<Bytes>,
 }
 
 impl CheckAnswer {
     /// The JSON body: byte for byte what `serde_json::to_vec(self)` gives,
-    /// without re-encoding a cached file list.
-    pub fn to_json(&self) -> Vec<u8> {
+    /// in parts, without re-encoding or copying a cached file list.
+    pub fn to_json_parts(&self) -> Vec<Bytes> {
         let Some(listing) = &self.listing_json else {
-            return serde_json::to_vec(self).expect("answers serialise");
+            return vec![Bytes::from(serde_json::to_vec(self).expect("answers serialise"))];
         };
-        let mut out = Vec::with_capacity(listing.len() + 160);
-        out.extend_from_slice(b"{\"action\":");
-        serde_json::to_writer(&mut out, &self.action).expect("writing to a Vec");
-        for (name, value) in [("current", &self.current), ("target", &self.target), ("manifest_id", &self.manifest_id)]
-        {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
-            serde_json::to_writer(&mut out, value).expect("writing to a Vec");
+        let mut head = Vec::with_capacity(192);
+        head.extend_from_slice(b"{\"action\":");
+        serde_json::to_writer(&mut head, &self.action).expect("writing to a Vec");
+        for (name, value) in [
+            ("current", &self.current),
+            ("target", &self.target),
+            ("manifest_id", &self.manifest_id),
+            ("tenant", &self.tenant),
+            ("app", &self.app),
+        ] {
+            head.extend_from_slice(b",\"");
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut head, value).expect("writing to a Vec");
         }
-        out.push(b',');
-        out.extend_from_slice(listing.as_bytes());
-        out.push(b'}');
-        out
+        head.extend_from_slice(if self.required { b",\"required\":true" } else { b",\"required\":false" });
+        if let Some(failure) = &self.last_failure {
+            head.extend_from_slice(b",\"last_failure\":");
+            serde_json::to_writer(&mut head, failure).expect("writing to a Vec");
+        }
+        head.push(b',');
+        vec![Bytes::from(head), listing.clone(), Bytes::from_static(b"}")]
+    }
+
+    /// The JSON body in one buffer.
+    pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_parts().concat()
     }
 }
 
 /// Encodes the file-list members of an answer (see
 /// [`CheckAnswer::listing_json`]).
-pub(crate) fn listing_json(artifacts: &[ArtifactFile], deleted: &[DeletedFile], delta: bool) -> String {
+pub(crate) fn listing_json(artifacts: &[ArtifactFile], deleted: &[DeletedFile], delta: bool) -> Bytes {
     #[derive(Serialize)]
     struct Listing<'a> {
         artifacts: &'a [ArtifactFile],
         deleted: &'a [DeletedFile],
         delta: bool,
     }
-    let object = serde_json::to_string(&Listing { artifacts, deleted, delta }).expect("answers serialise");
-    object[1..object.len() - 1].to_owned()
+    let object = serde_json::to_vec(&Listing { artifacts, deleted, delta }).expect("answers serialise");
+    // The members without the enclosing braces.
+    let end = object.len() - 1;
+    Bytes::from(object).slice(1..end)
+}
+
+/// A push notice (`GET /v1/watch`, event `deployed`): the app's deployed
+/// version changed, or its `required` rule did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DeployNotice {
+    #[schema(example = "acme")]
+    pub tenant: String,
+    #[schema(example = "crm")]
+    pub app: String,
+    /// The deployed version.
+    #[schema(example = "2.4.1")]
+    pub version: String,
+    /// Hex BLAKE3 id of its manifest.
+    pub manifest_id: String,
+    /// The client versions that may keep running without updating (a
+    /// semver requirement); absent: every other version must update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = ">=2.0.0")]
+    pub compatible: Option<String>,
+    /// With `version` in the request: what this client should do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// With `version` in the request: whether this client must update before
+    /// it can be used (as in a check's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
 }
 
 /// One file to download, straight from S3.
@@ -110,6 +179,80 @@ pub struct ArtifactFile {
     /// When `url` stops working (RFC 3339, UTC).
     #[schema(example = "2026-11-22T10:15:00Z")]
     pub expires_at: String,
+}
+
+/// A device's latest failed upgrade, as answers show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LastFailureBody {
+    /// The version the device failed to run.
+    #[schema(example = "2.4.1")]
+    pub version: String,
+    /// `failure` or `rolled_back`.
+    #[schema(example = "failure")]
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// When the report arrived (RFC 3339, UTC).
+    pub at: String,
+}
+
+impl From<&ferry_reports::LastFailure> for LastFailureBody {
+    fn from(f: &ferry_reports::LastFailure) -> Self {
+        Self {
+            version: f.version.clone(),
+            result: f.outcome.as_str().to_owned(),
+            error_code: f.error_code.clone(),
+            error_message: f.error_message.clone(),
+            at: rfc3339(f.at),
+        }
+    }
+}
+
+/// A report of how an upgrade went (`POST /v1/reports`). Unknown fields
+/// are refused.
+#[derive(Debug, Clone, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // the schema for the OpenAPI document; parsing uses ferry_reports::ReportInput
+pub struct ReportBody {
+    /// Chosen by the client, 1 to 64 of `A-Z a-z 0-9 . _ : -`; unique per
+    /// tenant. Retrying with the same id changes nothing.
+    #[schema(example = "3f2a9c10-7b1e-4c55-9d51-0a9c1b2e7f44")]
+    report_id: String,
+    /// The device's stable id, 1 to 128 visible ASCII characters.
+    device_id: String,
+    #[schema(example = "acme")]
+    tenant: String,
+    #[schema(example = "crm")]
+    app: String,
+    /// The version the device ran before.
+    #[schema(example = "2.3.0")]
+    from_version: String,
+    /// The version it tried to run.
+    #[schema(example = "2.4.1")]
+    to_version: String,
+    /// `success`, `failure` or `rolled_back`.
+    #[schema(example = "failure")]
+    result: String,
+    /// A short machine-readable code, as `report_id`.
+    #[schema(example = "E_DISK_FULL")]
+    error_code: Option<String>,
+    /// At most 1,000 characters; no control characters but newline and tab.
+    error_message: Option<String>,
+    /// How long the upgrade took (at most a week).
+    duration_ms: Option<u64>,
+    #[schema(example = "android")]
+    platform: Option<String>,
+}
+
+/// A stored report.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReportAccepted {
+    /// The report's id (the one sent).
+    pub report_id: String,
+    /// True when a report with this id was stored before (a retry).
+    pub duplicate: bool,
 }
 
 /// A file of a directory artifact that the target release no longer has.
@@ -140,8 +283,9 @@ pub struct VersionInfo {
 /// Every error answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// `invalid_parameter`, `unauthenticated`, `not_found`, `not_deployed`,
-    /// `version_not_found`, `rate_limited`, `unavailable` or `internal`.
+    /// `invalid_parameter`, `invalid_field` (a report's), `unauthenticated`,
+    /// `not_found`, `not_deployed`, `version_not_found`, `rate_limited`,
+    /// `unavailable` or `internal`.
     #[schema(example = "rate_limited")]
     pub error: String,
     pub message: String,
@@ -177,13 +321,23 @@ mod tests {
             current: "2.5.0-rc.1+build.\"7\"".into(),
             target: "2.4.1".into(),
             manifest_id: "cd".repeat(32),
+            tenant: "acme".into(),
+            app: "crm\"x".into(),
+            required: true,
+            last_failure: Some(LastFailureBody {
+                version: "2.4.1".into(),
+                result: "failure".into(),
+                error_code: Some("E_DISK".into()),
+                error_message: Some("no \"space\"".into()),
+                at: "2026-11-22T10:15:00Z".into(),
+            }),
             artifacts: Arc::new(artifacts.clone()),
             deleted: Arc::new(deleted.clone()),
             delta: true,
             listing_json: None,
         };
         let slow = answer.to_json();
-        answer.listing_json = Some(listing_json(&artifacts, &deleted, true).into());
+        answer.listing_json = Some(listing_json(&artifacts, &deleted, true));
         assert_eq!(String::from_utf8(answer.to_json()).unwrap(), String::from_utf8(slow).unwrap());
     }
 }

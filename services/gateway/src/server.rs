@@ -1,6 +1,5 @@
 use ferry_proto::gateway::v1::gateway_server::GatewayServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::core::Gateway;
 
@@ -13,8 +12,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watches = gateway.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Open watches never finish by themselves: end them, so their
+        // clients reconnect to another replica at once.
+        watches.close_watches();
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -26,14 +29,22 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let limits = gateway.config().listener;
+    // No server-initiated HTTP/2 pings: they would keep idle connections
+    // alive forever (ferry-net's TCP keepalive finds dead peers instead).
     let grpc_server = tonic::transport::Server::builder()
+        .layer(ferry_net::MarkRequests)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_max_header_list_size(limits.max_header_bytes)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(GatewayServer::new(gateway.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+        .add_service(GatewayServer::new(gateway.clone()).max_decoding_message_size(crate::http::MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(ferry_net::incoming(grpc, limits), stopped(stop_rx.clone()));
+    // Bounded like the HTTP side: requests in progress get the grace, then
+    // their connections close.
+    let grpc_server = ferry_net::with_grace(grpc_server, stopped(stop_rx.clone()), limits.shutdown_grace);
 
-    let http_server =
-        axum::serve(http, crate::http::router(gateway)).with_graceful_shutdown(stopped(stop_rx)).into_future();
+    let http_server = ferry_net::serve_http(http, limits, crate::http::router(gateway), stopped(stop_rx));
 
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     grpc_result?;

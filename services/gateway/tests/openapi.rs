@@ -40,3 +40,27 @@ fn openapi_document_describes_every_public_route() {
     }
     assert!(doc["components"]["securitySchemes"]["client_key"].is_object());
 }
+
+/// The documented report body and the parser agree: every documented field
+/// is accepted (the parser refuses unknown ones), the required ones are
+/// required, and nothing else is.
+#[test]
+fn documented_report_fields_are_the_parsed_ones() {
+    let doc: serde_json::Value = serde_json::from_str(&ferry_gateway::openapi_json()).unwrap();
+    let schema = &doc["components"]["schemas"]["ReportBody"];
+    let properties: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut all = serde_json::Map::new();
+    for p in &properties {
+        all.insert((*p).to_owned(), if *p == "duration_ms" { 1.into() } else { "x".into() });
+    }
+    serde_json::from_value::<ferry_reports::ReportInput>(serde_json::Value::Object(all))
+        .expect("every documented field parses");
+    let mut required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    required.sort_unstable();
+    assert_eq!(required, ["app", "device_id", "from_version", "report_id", "result", "tenant", "to_version"]);
+    // The parser has exactly these fields: one more documented field would
+    // have failed above, one more parsed field shows up here.
+    let input = ferry_reports::ReportInput::default();
+    let debug = format!("{input:?}");
+    assert_eq!(debug.matches(": None").count(), properties.len(), "{debug}");
+}

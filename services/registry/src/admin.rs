@@ -5,6 +5,12 @@ use clap::Subcommand;
 use ferry_release::Name;
 use ferry_store::{ApiKey, KeyRole, Meta};
 
+fn rfc3339(t: std::time::SystemTime) -> String {
+    aws_smithy_types::DateTime::from(t)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
     /// Creates a tenant (a customer and its private cloud).
@@ -31,10 +37,35 @@ pub enum AdminCommand {
     /// Revokes a key, given its id (the 12 hex digits after the role) or the
     /// whole key.
     RevokeKey { key: String },
+    /// Sets where a tenant's alerts about failed upgrades go (replacing what
+    /// was set). With --webhook, prints the webhook's new signing secret on
+    /// stdout: it is shown once.
+    SetAlerts {
+        tenant: String,
+        /// An https:// (or http://) URL that receives signed JSON POSTs.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// An e-mail address; repeat for several.
+        #[arg(long = "email")]
+        emails: Vec<String>,
+        /// Removes every destination (no alerts for this tenant).
+        #[arg(long, conflicts_with_all = ["webhook", "emails"])]
+        clear: bool,
+    },
+    /// Lists a tenant's latest alert messages and their delivery state
+    /// (pending, delivered, failed with the last error).
+    Alerts {
+        tenant: String,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// What a command produced: a line for stdout (only `issue-key`) and a
-/// human message for stderr.
+/// What a command produced: a line for stdout (`issue-key`'s key,
+/// `set-alerts`'s secret, `alerts`'s list) and a human message for stderr.
 pub struct AdminOutput {
     pub stdout: Option<String>,
     pub message: String,
@@ -80,6 +111,63 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
             let id = ApiKey::parse(&key).map(|k| k.id).unwrap_or(key);
             meta.revoke_key(&id).await?;
             format!("revoked key {id}")
+        }
+        AdminCommand::SetAlerts { tenant, webhook, emails, clear } => {
+            let tenant = name("tenant", &tenant)?;
+            if !clear && webhook.is_none() && emails.is_empty() {
+                anyhow::bail!("give --webhook URL and/or --email ADDRESS, or --clear");
+            }
+            if let Some(url) = &webhook {
+                ferry_alerts::validate_webhook_url(url).map_err(|e| anyhow::anyhow!("--webhook: {e}"))?;
+            }
+            for email in &emails {
+                ferry_alerts::validate_email(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
+            }
+            let secret = ferry_alerts::set_targets(meta, &tenant, webhook.as_deref(), &emails, clear).await?;
+            if clear {
+                format!("tenant {tenant} gets no alerts")
+            } else {
+                let message = format!(
+                    "alerts of tenant {tenant} go to {}{}",
+                    webhook.iter().chain(&emails).cloned().collect::<Vec<_>>().join(", "),
+                    if secret.is_some() { "; the webhook signing secret is on stdout, shown once" } else { "" }
+                );
+                return Ok(AdminOutput { stdout: secret, message });
+            }
+        }
+        AdminCommand::Alerts { tenant, limit, json } => {
+            let tenant = name("tenant", &tenant)?;
+            let rows = ferry_alerts::deliveries(meta, &tenant, limit.clamp(1, 10_000)).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push(if json {
+                    serde_json::json!({
+                        "id": r.id, "app": r.app, "version": r.version, "kind": r.kind, "channel": r.channel,
+                        "destination": r.destination, "status": r.status, "attempts": r.attempts,
+                        "last_error": r.last_error, "created_at": rfc3339(r.created_at),
+                        "delivered_at": r.delivered_at.map(rfc3339),
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "{}\t{}\t{}/{}\t{}\t{} {}\t{} after {} attempt(s){}",
+                        r.id,
+                        rfc3339(r.created_at),
+                        r.app,
+                        r.version,
+                        r.kind,
+                        r.channel,
+                        r.destination,
+                        r.status,
+                        r.attempts,
+                        r.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    )
+                });
+            }
+            return Ok(AdminOutput {
+                stdout: (!out.is_empty()).then(|| out.join("\n")),
+                message: format!("{} alert message(s) of tenant {tenant}", rows.len()),
+            });
         }
     };
     Ok(AdminOutput { stdout: None, message })

@@ -19,6 +19,9 @@ pub(crate) enum RegistryError {
     /// The caller's stream broke off; whatever arrived is kept.
     #[error("{0}")]
     Aborted(String),
+    /// Too many made-up keys from this caller: retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -32,13 +35,18 @@ impl ServiceError for RegistryError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Self::Aborted(_) => ErrorKind::Unavailable,
-            Self::Store(e) => match e {
-                StoreError::Unavailable { .. } => ErrorKind::Unavailable,
-                StoreError::NotFound(_) => ErrorKind::NotFound,
-                StoreError::Conflict(_) => ErrorKind::AlreadyExists,
-                StoreError::Mismatch(_) => ErrorKind::InvalidArgument,
-                StoreError::Integrity(_) | StoreError::Backend { .. } => ErrorKind::Internal,
-            },
+            Self::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Self::Store(e) => e.kind(),
+        }
+    }
+}
+
+impl From<ferry_auth::AuthError> for RegistryError {
+    fn from(e: ferry_auth::AuthError) -> Self {
+        match e {
+            ferry_auth::AuthError::Unauthenticated(why) => Self::Unauthenticated(why),
+            e @ ferry_auth::AuthError::Throttled { .. } => Self::ResourceExhausted(e.to_string()),
+            ferry_auth::AuthError::Store(e) => Self::Store(e),
         }
     }
 }

@@ -4,10 +4,11 @@
 //! drive the real server in-process on a port-0 listener.
 
 pub mod admin;
+mod auth;
 pub mod config;
 mod error;
 mod server;
 mod service;
 
 pub use server::{Tls, serve};
-pub use service::Registry;
+pub use service::{MAX_RELEASE_FILES, Registry, RegistrySettings};

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use ferry_registry::admin::{self, AdminCommand};
-use ferry_registry::config::{DatabaseConfig, ServeConfig};
+use ferry_registry::config::{DatabaseConfig, GcConfig, ServeConfig};
 use ferry_registry::{Registry, serve};
 use ferry_store::Blobs;
 use tracing::info;
@@ -17,9 +17,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the gRPC server (runs pending database migrations first).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Brings the database schema up to date and exits.
     Migrate(DatabaseConfig),
+    /// Collects garbage now (what publishes that never committed left
+    /// behind) and prints what was freed; serve also does so periodically.
+    Gc(GcConfig),
     /// Manages tenants, apps and keys.
     Admin {
         #[command(flatten)]
@@ -38,22 +41,31 @@ async fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(config) => {
-            config.validate()?;
+            let settings = config.settings()?;
             let tls = config.tls()?;
             let meta = ferry_store::connect(&config.database.database_url, config.database.db_max_connections)?;
             meta.migrate().await?;
             let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
             if let Err(e) = blobs.ping().await {
-                tracing::warn!(bucket = %config.s3_bucket, error = %e, "s3 bucket is not reachable yet; serving anyway");
+                tracing::warn!(bucket = %config.s3_bucket, error = %ferry_proto::error_chain(&e), "s3 bucket is not reachable yet; serving anyway");
             }
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             info!(addr = %listener.local_addr()?, tls = tls.is_some(), bucket = %config.s3_bucket, "registry listening");
-            serve(Registry::new(meta, blobs), listener, tls, shutdown_signal()).await
+            serve(Registry::with_settings(meta, blobs, settings), listener, tls, shutdown_signal()).await
         }
         Command::Migrate(database) => {
             let meta = ferry_store::connect(&database.database_url, 1)?;
             meta.migrate().await?;
             info!("database schema is up to date");
+            Ok(())
+        }
+        Command::Gc(config) => {
+            let meta = ferry_store::connect(&config.database.database_url, 2)?;
+            meta.migrate().await?;
+            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
+            let grace = std::time::Duration::from_secs(config.gc_grace_seconds);
+            let report = ferry_store::collect_garbage(&meta, &blobs, grace).await?;
+            report_line(&report.to_string());
             Ok(())
         }
         Command::Admin { database, command } => {
@@ -64,6 +76,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn report_line(line: &str) {
+    println!("{line}");
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)]

@@ -2,15 +2,15 @@ use std::time::Duration;
 
 use ferry_proto::registry::v1::registry_server::RegistryServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use crate::service::{Registry, require_bearer};
+use crate::auth::AuthLayer;
+use crate::service::Registry;
 
 /// The largest gRPC message accepted: a manifest of up to 16 MiB plus
-/// framing. Chunk messages are far smaller; callers without a well-formed
-/// key are refused before their message is read.
+/// framing (upload messages are held to 4 MiB by the handler). Callers
+/// without a valid key are refused before their message is read.
 const MAX_MESSAGE_BYTES: usize = ferry_release::MAX_MANIFEST_BYTES + 1024 * 1024;
 
 /// PEM certificate chain and private key for serving gRPC over TLS.
@@ -30,28 +30,76 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<Registry>>().await;
-    tokio::spawn(watch_dependencies(registry.clone(), health));
+    // Background work, stopped when serving ends.
+    let mut background = vec![tokio::spawn(watch_dependencies(registry.clone(), health))];
 
+    let limits = registry.settings().listener;
+    if let Some(interval) = registry.settings().gc_interval {
+        background.push(tokio::spawn(collect_garbage_every(registry.clone(), interval)));
+    }
+    if let Some(alerts) = registry.settings().alerts.clone() {
+        background.push(ferry_alerts::run(registry.meta().clone(), alerts)?);
+    }
+    let auth = AuthLayer::new(registry.keys().clone());
     let service = RegistryServer::new(registry)
         .accept_compressed(CompressionEncoding::Zstd)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let service = tonic::service::interceptor::InterceptedService::new(service, require_bearer);
 
+    // No server-initiated HTTP/2 pings: they would keep idle connections
+    // open forever (ferry-net's TCP keepalive finds dead peers). An agent
+    // pings while a call of its is in progress, which keeps that one alive.
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(32)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_max_header_list_size(limits.max_header_bytes);
     if let Some(tls) = tls {
         builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(tls.cert_pem, tls.key_pem)))?;
     }
-    builder
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = builder
+        .layer(ferry_net::MarkRequests)
+        .layer(auth)
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(ferry_net::incoming(listener, limits), stopped(stop_rx.clone()));
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let ((), served) = tokio::join!(signal, ferry_net::with_grace(server, stopped(stop_rx), limits.shutdown_grace));
+    for task in background {
+        task.abort();
+    }
+    served?;
     Ok(())
+}
+
+/// Collects garbage (and deletes reports past their retention) every
+/// `interval` (the first time after a random part of
+/// it, so replicas started together do not all try at once; only one
+/// collects at a time anyway).
+async fn collect_garbage_every(registry: Registry, interval: Duration) {
+    let jitter = u64::from(getrandom::u32().unwrap_or(0)) % interval.as_secs().max(1);
+    tokio::time::sleep(Duration::from_secs(jitter)).await;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let grace = registry.settings().gc_grace;
+        if let Err(e) = ferry_store::collect_garbage(registry.meta(), registry.blobs(), grace).await {
+            tracing::warn!(error = %ferry_proto::error_chain(&e), "garbage collection failed; trying again next time");
+        }
+        // Deleting old reports is idempotent: replicas need no turn-taking.
+        match ferry_reports::delete_older_than(registry.meta(), registry.settings().report_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(reports = n, "old reports deleted"),
+            Err(e) => tracing::warn!(error = %ferry_proto::error_chain(&e), "deleting old reports failed"),
+        }
+    }
 }
 
 /// Reports NOT_SERVING through grpc.health.v1 while PostgreSQL or S3 does
@@ -72,7 +120,7 @@ async fn watch_dependencies(registry: Registry, health: tonic_health::server::He
                 healthy = true;
             }
             Err(e) if healthy => {
-                tracing::warn!(error = %e, "a dependency is down; reporting not serving");
+                tracing::warn!(error = %ferry_proto::error_chain(&e), "a dependency is down; reporting not serving");
                 health.set_not_serving::<RegistryServer<Registry>>().await;
                 healthy = false;
             }

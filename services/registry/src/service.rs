@@ -7,7 +7,8 @@ use std::pin::Pin;
 use bytes::Bytes;
 use ferry_proto::registry::v1 as pb;
 use ferry_release::{CHUNK_MAX, Hash, Manifest, ManifestId, Name, parse_version};
-use ferry_store::{ApiKey, Authenticated, Blobs, KeyRole, Meta};
+use ferry_store::{Authenticated, Blobs, KeyRole, Meta};
+use futures::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info};
@@ -19,16 +20,71 @@ const STORE_CONCURRENCY: usize = 8;
 /// Files assembled concurrently per commit.
 const ASSEMBLE_CONCURRENCY: usize = 4;
 
+/// The largest upload message accepted (the agent sends about 1 MiB).
+pub(crate) const MAX_UPLOAD_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The most files a release may hold: every check answer lists them (about
+/// 550 bytes each), so this bounds answers too.
+pub const MAX_RELEASE_FILES: usize = 50_000;
+
+/// Tunables; defaults are what README documents.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Timeouts and limits of the gRPC listener.
+    pub listener: ferry_net::Limits,
+    /// Limits on lookups of agent keys that do not exist. Found keys are
+    /// not cached (agent calls are few), so a revocation holds at once.
+    pub auth: ferry_auth::MissLimits,
+    /// How often garbage is collected (`None`: never, by this replica).
+    pub gc_interval: Option<std::time::Duration>,
+    /// What is younger than this is never collected; longer than any
+    /// publish takes.
+    pub gc_grace: std::time::Duration,
+    /// Folding failure reports into alerts and delivering them (`None`:
+    /// not on this replica).
+    pub alerts: Option<ferry_alerts::AlertSettings>,
+    /// Reports older than this are deleted (with garbage collection).
+    pub report_retention: std::time::Duration,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            listener: ferry_net::Limits::default(),
+            auth: ferry_auth::MissLimits { found_ttl: None, ..ferry_auth::MissLimits::default() },
+            gc_interval: Some(std::time::Duration::from_secs(3600)),
+            gc_grace: std::time::Duration::from_secs(24 * 3600),
+            alerts: Some(ferry_alerts::AlertSettings::default()),
+            report_retention: std::time::Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
 /// The registry's state: where metadata and bytes live.
 #[derive(Clone)]
 pub struct Registry {
     meta: Meta,
     blobs: Blobs,
+    keys: ferry_auth::Keys,
+    settings: RegistrySettings,
 }
 
 impl Registry {
+    /// A registry with default settings (call inside a Tokio runtime).
     pub fn new(meta: Meta, blobs: Blobs) -> Self {
-        Self { meta, blobs }
+        Self::with_settings(meta, blobs, RegistrySettings::default())
+    }
+
+    pub fn with_settings(meta: Meta, blobs: Blobs, settings: RegistrySettings) -> Self {
+        let keys = ferry_auth::Keys::new(meta.clone(), settings.auth);
+        Self { meta, blobs, keys, settings }
+    }
+
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
+    }
+
+    pub(crate) fn keys(&self) -> &ferry_auth::Keys {
+        &self.keys
     }
 
     pub fn meta(&self) -> &Meta {
@@ -39,15 +95,16 @@ impl Registry {
         &self.blobs
     }
 
-    /// Checks the bearer token is a live agent key of `tenant`.
-    async fn authorize(&self, metadata: &MetadataMap, tenant: &str) -> Result<Authenticated, RegistryError> {
-        let key = bearer_key(metadata)?;
+    /// Checks the caller (authenticated before its message was decoded, see
+    /// `auth.rs`) holds an agent key of `tenant`.
+    async fn authorize(
+        &self,
+        extensions: &tonic::Extensions,
+        metadata: &MetadataMap,
+        tenant: &str,
+    ) -> Result<Authenticated, RegistryError> {
         let tenant = parse_name("tenant", tenant)?;
-        let auth = self
-            .meta
-            .authenticate(&key)
-            .await?
-            .ok_or_else(|| RegistryError::Unauthenticated("unknown or revoked api key".into()))?;
+        let auth = self.caller(extensions, metadata).await?;
         if auth.role != KeyRole::Agent {
             return Err(RegistryError::PermissionDenied("this is a client key; publishing needs an agent key".into()));
         }
@@ -55,6 +112,20 @@ impl Registry {
             return Err(RegistryError::PermissionDenied(format!("this agent key is not valid for tenant {tenant}")));
         }
         Ok(auth)
+    }
+
+    /// Who is calling: as the authentication layer found, or (for a service
+    /// used without it) looked up now.
+    async fn caller(
+        &self,
+        extensions: &tonic::Extensions,
+        metadata: &MetadataMap,
+    ) -> Result<Authenticated, RegistryError> {
+        if let Some(auth) = extensions.get::<Authenticated>() {
+            return Ok(auth.clone());
+        }
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.keys.authenticate_header(header, None).await.map_err(RegistryError::from)
     }
 
     async fn app_id(&self, auth: &Authenticated, app: &str) -> Result<i64, RegistryError> {
@@ -76,18 +147,23 @@ impl Registry {
         let manifest =
             Manifest::decode(&req.manifest).map_err(|e| RegistryError::InvalidArgument(format!("manifest: {e}")))?;
         let id = ManifestId(*blake3::hash(&req.manifest).as_bytes());
+        check_owner(auth, &req.app, &manifest)?;
+        let files = manifest.files().count();
+        if files > MAX_RELEASE_FILES {
+            return Err(RegistryError::InvalidArgument(format!(
+                "manifest: the release has {files} files; at most {MAX_RELEASE_FILES} are accepted"
+            )));
+        }
         let version = manifest.version.to_string();
-        if let Some(existing) = self.meta.release_manifest(app_id, &version).await? {
-            if existing != id {
-                return Err(conflict(&version, auth, &req.app, existing));
-            }
+        if let Some(existing) = self.meta.release_like(app_id, &manifest.version).await? {
+            ferry_store::ensure_same_release(&existing, &manifest.version, id)?;
             return Ok(pb::PrepareReleaseResponse {
                 manifest_id: id.0.to_vec(),
                 missing_chunks: vec![],
                 already_published: true,
             });
         }
-        self.meta.save_manifest(auth.tenant_id, id, &req.manifest).await?;
+        self.meta.save_manifest(auth.tenant_id, &ferry_store::SavedManifest::of(&manifest, &req.manifest)).await?;
         let chunks: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
         let held = self.meta.tenant_chunks(auth.tenant_id, &chunks).await?;
         let missing: Vec<Vec<u8>> =
@@ -107,34 +183,59 @@ impl Registry {
 
     async fn upload(
         &self,
+        extensions: &tonic::Extensions,
         metadata: &MetadataMap,
         mut stream: Streaming<pb::UploadChunksRequest>,
     ) -> Result<pb::UploadChunksResponse, RegistryError> {
+        // A key is required even for an empty stream.
+        self.caller(extensions, metadata).await?;
         let Some(first) = stream.message().await.map_err(stream_error)? else {
             return Ok(pb::UploadChunksResponse::default());
         };
-        let auth = self.authorize(metadata, &first.tenant).await?;
+        let auth = self.authorize(extensions, metadata, &first.tenant).await?;
         let mut response = pb::UploadChunksResponse::default();
         // Spawned, so stores keep going while the next message is awaited
-        // (no half-done transaction waits on a slow client).
-        let mut in_flight = tokio::task::JoinSet::new();
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            for chunk in message.chunks {
-                let (hash, data) = verify_chunk(chunk)?;
-                let len = data.len() as u64;
-                let this = self.clone();
-                in_flight
-                    .spawn(async move { this.store_chunk(auth.tenant_id, hash, data).await.map(|new| (new, len)) });
-                while in_flight.len() >= STORE_CONCURRENCY {
-                    count(&mut response, joined(in_flight.join_next().await.expect("non-empty"))?);
+        // (no half-done transaction waits on a slow client), and detached:
+        // if the client goes away and this call is dropped, the stores in
+        // flight still finish (object and row), so what arrived is kept.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let received = async {
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                let size = prost::Message::encoded_len(&message);
+                if size > MAX_UPLOAD_MESSAGE_BYTES {
+                    return Err(RegistryError::InvalidArgument(format!(
+                        "an upload message has {size} bytes; at most {MAX_UPLOAD_MESSAGE_BYTES} are accepted"
+                    )));
                 }
+                for chunk in message.chunks {
+                    let (hash, data) = verify_chunk(chunk)?;
+                    let len = data.len() as u64;
+                    let this = self.clone();
+                    in_flight.push(tokio::spawn(async move {
+                        this.store_chunk(auth.tenant_id, hash, data).await.map(|new| (new, len))
+                    }));
+                    while in_flight.len() >= STORE_CONCURRENCY {
+                        count(&mut response, joined(in_flight.next().await.expect("non-empty"))?);
+                    }
+                }
+                next = stream.message().await.map_err(stream_error)?;
             }
-            next = stream.message().await.map_err(stream_error)?;
+            Ok(())
         }
-        while let Some(stored) = in_flight.join_next().await {
-            count(&mut response, joined(stored)?);
+        .await;
+        // Whatever happened (a bad chunk, a broken stream), every chunk
+        // received before it is stored before the call ends, as the
+        // protocol promises: a retry sends only what is still missing.
+        let mut stored = Ok(());
+        while let Some(done) = in_flight.next().await {
+            match joined(done) {
+                Ok(new) => count(&mut response, new),
+                Err(e) => stored = stored.and(Err(e)),
+            }
         }
+        received?;
+        stored?;
         info!(tenant = %auth.tenant, chunks = response.chunks_stored, bytes = response.bytes_stored, "chunks stored");
         Ok(response)
     }
@@ -155,13 +256,22 @@ impl Registry {
         })?;
         let manifest = Manifest::decode(&body)
             .map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(e.to_string())))?;
+        // Manifests are stored per tenant, not per app: one prepared for
+        // another app of the tenant must not become this app's release.
+        check_owner(auth, &req.app, &manifest)?;
+        // In use: garbage collection leaves it (and its chunks) alone.
+        self.meta.touch_manifest(auth.tenant_id, id).await?;
         let version = manifest.version.to_string();
-        match self.meta.release_manifest(app_id, &version).await? {
-            Some(existing) if existing == id => {} // a retried commit: nothing to assemble
-            Some(existing) => return Err(conflict(&version, auth, &req.app, existing)),
+        match self.meta.release_like(app_id, &manifest.version).await? {
+            // A retried commit: nothing to assemble.
+            Some(existing) => ferry_store::ensure_same_release(&existing, &manifest.version, id)?,
             None => self.assemble(auth, &manifest).await?,
         }
-        let outcome = self.meta.commit_release(auth.tenant_id, app_id, &version, id, req.deploy).await?;
+        let compatible = parse_compatible(&req.compatible)?;
+        let outcome = self
+            .meta
+            .commit_release(auth.tenant_id, app_id, &manifest.version, id, req.deploy, compatible.as_deref())
+            .await?;
         info!(%version, manifest = %id, created = outcome.created, deployed = outcome.deployed, "release committed");
         Ok(pb::CommitReleaseResponse { version, created: outcome.created, deployed: outcome.deployed })
     }
@@ -215,7 +325,8 @@ impl Registry {
         let app_id = self.app_id(auth, &req.app).await?;
         let version =
             parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
-        let outcome = self.meta.deploy(app_id, &version).await?;
+        let compatible = parse_compatible(&req.compatible)?;
+        let outcome = self.meta.deploy(app_id, &version, compatible.as_deref()).await?;
         info!(%version, previous = ?outcome.previous, "deployed");
         Ok(pb::DeployResponse { version, previous_version: outcome.previous.unwrap_or_default() })
     }
@@ -224,14 +335,6 @@ impl Registry {
 /// The result of a spawned task; a panic is an internal error.
 fn joined<T>(result: Result<Result<T, RegistryError>, tokio::task::JoinError>) -> Result<T, RegistryError> {
     result.map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(format!("task failed: {e}"))))?
-}
-
-fn conflict(version: &str, auth: &Authenticated, app: &str, existing: ManifestId) -> RegistryError {
-    RegistryError::Store(ferry_store::StoreError::Conflict(format!(
-        "version {version} of {}/{app} is already published with different content (manifest {existing}); \
-         versions are immutable, publish a new version instead",
-        auth.tenant
-    )))
 }
 
 fn count(response: &mut pb::UploadChunksResponse, (new, len): (bool, u64)) {
@@ -264,31 +367,45 @@ fn stream_error(status: Status) -> RegistryError {
     RegistryError::Aborted(format!("upload stream broke: {}", status.message()))
 }
 
+/// A release's compatible client versions: a semver requirement (`>=2.4.0,
+/// <2.5.0`), stored in its canonical spelling; empty means not given.
+fn parse_compatible(value: &str) -> Result<Option<String>, RegistryError> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    if value.len() > 256 {
+        return Err(RegistryError::InvalidArgument("compatible: longer than 256 bytes".into()));
+    }
+    let req = semver::VersionReq::parse(value).map_err(|e| {
+        RegistryError::InvalidArgument(format!(
+            "compatible: {} is not a semver requirement such as \">=2.4.0, <2.5.0\": {e}",
+            ferry_release::Quoted(value)
+        ))
+    })?;
+    Ok(Some(req.to_string()))
+}
+
 pub(crate) fn parse_name(what: &'static str, value: &str) -> Result<Name, RegistryError> {
     Name::parse(what, value).map_err(|e| RegistryError::InvalidArgument(e.to_string()))
 }
 
-/// The API key in `authorization: Bearer <key>`.
-fn bearer_key(metadata: &MetadataMap) -> Result<ApiKey, RegistryError> {
-    let value = metadata
-        .get("authorization")
-        .ok_or_else(|| RegistryError::Unauthenticated("missing authorization metadata (Bearer <agent key>)".into()))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| RegistryError::Unauthenticated("authorization must be `Bearer <agent key>`".into()))?;
-    ApiKey::parse(token).map_err(|e| RegistryError::Unauthenticated(e.to_string()))
-}
-
-/// Refuses calls without a well-formed key before their (possibly large)
-/// message is decoded; the key itself is checked in the handler.
-pub(crate) fn require_bearer(req: Request<()>) -> Result<Request<()>, Status> {
-    bearer_key(req.metadata()).map_err(Status::from)?;
-    Ok(req)
-}
-
 type UploadResult = Result<Response<pb::UploadChunksResponse>, Status>;
+
+/// A manifest naming an owner must name the publishing tenant and app
+/// (S1-8): clients refuse a release that is not their own, so one published
+/// under the wrong name would be refused by every device. Manifests of
+/// format 1 (written by older agents) name none and are accepted.
+fn check_owner(auth: &Authenticated, app: &str, manifest: &Manifest) -> Result<(), RegistryError> {
+    match &manifest.owner {
+        Some(owner) if owner.tenant != auth.tenant || owner.app.as_str() != app => {
+            Err(RegistryError::InvalidArgument(format!(
+                "manifest: it names {}/{} as its owner, but it is published as {}/{app}",
+                owner.tenant, owner.app, auth.tenant
+            )))
+        }
+        _ => Ok(()),
+    }
+}
 
 #[tonic::async_trait]
 impl pb::registry_server::Registry for Registry {
@@ -296,10 +413,10 @@ impl pb::registry_server::Registry for Registry {
         &self,
         request: Request<pb::PrepareReleaseRequest>,
     ) -> Result<Response<pb::PrepareReleaseResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("prepare_release", tenant = %req.tenant, app = %req.app);
         async {
-            let auth = self.authorize(&metadata, &req.tenant).await?;
+            let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(self.prepare(&auth, req).await?))
         }
         .instrument(span)
@@ -308,8 +425,8 @@ impl pb::registry_server::Registry for Registry {
     }
 
     async fn upload_chunks(&self, request: Request<Streaming<pb::UploadChunksRequest>>) -> UploadResult {
-        let (metadata, _, stream) = request.into_parts();
-        let fut: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(self.upload(&metadata, stream));
+        let (metadata, extensions, stream) = request.into_parts();
+        let fut: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(self.upload(&extensions, &metadata, stream));
         fut.instrument(tracing::info_span!("upload_chunks")).await.map(Response::new).map_err(Into::into)
     }
 
@@ -317,10 +434,10 @@ impl pb::registry_server::Registry for Registry {
         &self,
         request: Request<pb::CommitReleaseRequest>,
     ) -> Result<Response<pb::CommitReleaseResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("commit_release", tenant = %req.tenant, app = %req.app);
         async {
-            let auth = self.authorize(&metadata, &req.tenant).await?;
+            let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(self.commit(&auth, req).await?))
         }
         .instrument(span)
@@ -329,10 +446,10 @@ impl pb::registry_server::Registry for Registry {
     }
 
     async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<Response<pb::DeployResponse>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("deploy", tenant = %req.tenant, app = %req.app, version = %req.version);
         async {
-            let auth = self.authorize(&metadata, &req.tenant).await?;
+            let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(Registry::deploy(self, &auth, req).await?))
         }
         .instrument(span)

@@ -35,6 +35,9 @@ async fn admin_creates_tenants_apps_and_keys_and_revokes_them() {
     let meta = ferry_store::connect(&db, 1).unwrap();
     let auth = meta.authenticate(&key).await.unwrap().expect("key is valid");
     assert_eq!(auth.tenant, Name::parse("tenant", "acme").unwrap());
+    let crm = Name::parse("app", "crm").unwrap();
+    assert!(meta.app_id(auth.tenant_id, &crm).await.unwrap().is_some(), "create-app made the app");
+    assert!(meta.app_id(auth.tenant_id, &Name::parse("app", "erp").unwrap()).await.unwrap().is_none());
 
     let limited = admin(&db, &["set-limit", "acme", "--per-second", "2.5", "--burst", "10"]);
     assert!(limited.status.success(), "{}", text(&limited.stderr));
@@ -50,7 +53,7 @@ async fn admin_errors_name_the_problem() {
     let db = ferry_testkit::fresh_database().await.unwrap();
     assert!(admin(&db, &["create-tenant", "acme"]).status.success());
 
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["set-limit", "acme", "--per-second", "0", "--burst", "5"], "--per-second must be a positive number"),
         (&["set-limit", "globex", "--per-second", "10", "--burst", "5"], "tenant globex does not exist"),
         (&["create-tenant", "acme"], "tenant acme already exists"),
@@ -58,6 +61,10 @@ async fn admin_errors_name_the_problem() {
         (&["create-app", "globex", "crm"], "tenant globex does not exist"),
         (&["issue-key", "acme", "--role", "admin"], "invalid value 'admin'"),
         (&["revoke-key", "0123456789ab"], "api key 0123456789ab does not exist"),
+        (&["set-alerts", "acme"], "give --webhook URL and/or --email ADDRESS, or --clear"),
+        (&["set-alerts", "acme", "--webhook", "ftp://x"], "--webhook: \"ftp://x\" is not an http(s):// URL"),
+        (&["set-alerts", "acme", "--email", "ops at acme"], "--email: \"ops at acme\" is not an e-mail address"),
+        (&["alerts", "globex"], "tenant globex does not exist"),
     ];
     for (args, needle) in cases {
         let out = admin(&db, args);
@@ -66,4 +73,26 @@ async fn admin_errors_name_the_problem() {
         let stderr = text(&out.stderr);
         assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in {stderr}");
     }
+}
+
+#[tokio::test]
+async fn alert_destinations_are_set_once_with_a_secret_and_listed() {
+    let db = ferry_testkit::fresh_database().await.unwrap();
+    assert!(admin(&db, &["create-tenant", "acme"]).status.success());
+    let set =
+        admin(&db, &["set-alerts", "acme", "--webhook", "https://hooks.acme.test/ferry", "--email", "ops@acme.test"]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let secret = text(&set.stdout);
+    assert!(secret.trim().starts_with("whsec_") && secret.lines().count() == 1, "only the secret on stdout: {secret}");
+    assert!(text(&set.stderr).contains("https://hooks.acme.test/ferry, ops@acme.test"));
+    // Setting again gives a new secret.
+    let again = admin(&db, &["set-alerts", "acme", "--webhook", "https://hooks.acme.test/ferry"]);
+    assert_ne!(text(&again.stdout), secret);
+
+    let listed = admin(&db, &["alerts", "acme", "--json"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(listed.stdout.is_empty(), "no messages yet");
+    assert!(text(&listed.stderr).contains("0 alert message(s) of tenant acme"));
+    let cleared = admin(&db, &["set-alerts", "acme", "--clear"]);
+    assert!(cleared.status.success() && cleared.stdout.is_empty());
 }

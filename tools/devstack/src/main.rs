@@ -2,8 +2,8 @@
 //! developing it. Starts a throwaway PostgreSQL and an S3 server that checks
 //! SigV4, runs the registry and the gateway, creates a demo tenant, app and
 //! keys, publishes two sample versions with the real `ferry-agent` binary
-//! (deploying the first), shows a demo client's checks (upgrade and
-//! downgrade) and verifies its downloads through the presigned URLs, writes
+//! (deploying the first), and shows a phone (ferry-client's library)
+//! watching for deploys and syncing: upgrade, delta upgrade, downgrade; writes
 //! `target/ferry-dev/stack.env`, and keeps everything up until Ctrl-C.
 
 #![allow(clippy::print_stdout)]
@@ -121,12 +121,37 @@ async fn run() -> anyhow::Result<()> {
     check(run_agent("1.1.0", &v2, &["--json"]).status().context("running ferry-agent")?)?;
 
     let app_id = meta.app_id(meta.tenant_id(&tenant).await?, &Name::parse("app", APP)?).await?.context("demo app")?;
-    let deployed = meta.deployed_version(app_id).await?.unwrap_or_else(|| "none".into());
+    let run_deploy = |version: &str| {
+        let mut cmd = std::process::Command::new(&agent);
+        cmd.args(["deploy", "--registry", &registry_url, "--tenant", TENANT, "--app", APP, "--version", version])
+            .env("FERRY_AGENT_TOKEN", &agent_token);
+        cmd
+    };
 
-    step("a phone running 0.9.0 asks the gateway (GET /v1/check), downloads and verifies");
-    demo_client(&gateway_url, &client_key, "0.9.0").await?;
-    step("a phone running 1.1.0 asks the gateway: its private cloud runs 1.0.0");
-    demo_client(&gateway_url, &client_key, "1.1.0").await?;
+    // The phone: ferry-client's library, the reference for app developers.
+    let phone_dir = dir.join("phone");
+    let _ = std::fs::remove_dir_all(&phone_dir);
+    let phone = ferry_client::Cache::open(&phone_dir)?;
+    let mut config = ferry_client::Config::new(&gateway_url, &client_key, TENANT, APP);
+    config.platform = Some("android".into());
+    config.device_id = Some("demo-phone".into());
+    let client = ferry_client::Client::new(config)?;
+    let mut notices = client.watch(None, None);
+    step("a phone with nothing installed watches for deploys and syncs (ferry-client)");
+    let notice = notices.next().await?;
+    println!("    push notice: {} deployed", notice.version);
+    demo_sync(&client, &phone).await?;
+    step("deploying 1.1.0 (ferry-agent deploy): the phone is told, and downloads only what changed");
+    check(run_deploy("1.1.0").status().context("running ferry-agent")?)?;
+    let notice = notices.next().await?;
+    println!("    push notice: {} deployed", notice.version);
+    demo_sync(&client, &phone).await?;
+    step("deploying 1.0.0 again: the phone downgrades to the release it kept");
+    check(run_deploy("1.0.0").status().context("running ferry-agent")?)?;
+    let notice = notices.next().await?;
+    println!("    push notice: {} deployed", notice.version);
+    demo_sync(&client, &phone).await?;
+    let deployed = meta.deployed_version(app_id).await?.unwrap_or_else(|| "none".into());
 
     println!(
         "\nFerry is running.\n  registry (gRPC)  {registry_url}\n  gateway (HTTP)   {gateway_url}\n  \
@@ -134,7 +159,8 @@ async fn run() -> anyhow::Result<()> {
          tenant/app       {TENANT}/{APP}, deployed version {deployed}\n  environment      {}\n\n\
          Try:  set -a; . {}; set +a\n      \
          curl -H \"Authorization: Bearer $FERRY_CLIENT_KEY\" \"$FERRY_GATEWAY_URL/v1/check?tenant=acme&app=crm&version=0.9.0&platform=android\"\n      \
-         target/release/ferry-agent deploy --version 1.1.0\n\nCtrl-C stops everything.",
+         target/release/ferry-client watch --dir /tmp/phone --platform android   (in one terminal)\n      \
+         target/release/ferry-agent deploy --version 1.1.0                        (in another)\n\nCtrl-C stops everything.",
         s3.endpoint,
         env_file.display(),
         env_file.display(),
@@ -153,43 +179,19 @@ async fn run() -> anyhow::Result<()> {
     std::process::exit(0)
 }
 
-/// What an app does (S0-3…S0-5): ask the gateway, then download every file
-/// straight from S3 and check its size and BLAKE3.
-async fn demo_client(gateway_url: &str, client_key: &str, version: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let answer: serde_json::Value = http
-        .get(format!("{gateway_url}/v1/check"))
-        .query(&[("tenant", TENANT), ("app", APP), ("version", version), ("platform", "android")])
-        .bearer_auth(client_key)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let files = answer["artifacts"].as_array().cloned().unwrap_or_default();
+/// What an app does (S0-3…S0-5): check, download what the cache lacks,
+/// verify, switch, report.
+async fn demo_sync(client: &ferry_client::Client, cache: &ferry_client::Cache) -> anyhow::Result<()> {
+    let synced = client.sync(cache).await?;
     println!(
-        "    action {} : {} -> {} ({} files to download)",
-        answer["action"],
-        answer["current"],
-        answer["target"],
-        files.len()
+        "    {:?} to {}: {} files downloaded ({} bytes), {} reused from the cache; now in {}",
+        synced.action,
+        synced.version,
+        synced.downloaded_files,
+        synced.downloaded_bytes,
+        synced.reused_files,
+        cache.current_dir()?.map(|d| d.display().to_string()).unwrap_or_default(),
     );
-    for file in files {
-        let url = file["url"].as_str().context("url")?;
-        let bytes = http.get(url).send().await?.error_for_status()?.bytes().await?;
-        let ok = bytes.len() as u64 == file["size"].as_u64().unwrap_or(u64::MAX)
-            && blake3::hash(&bytes).to_hex().as_str() == file["blake3"].as_str().unwrap_or("");
-        println!(
-            "    {:<6} {:<22} {:>9} bytes  blake3 {}",
-            file["kind"].as_str().unwrap_or(""),
-            file["path"].as_str().unwrap_or(""),
-            bytes.len(),
-            if ok { "verified" } else { "MISMATCH" }
-        );
-        if !ok {
-            bail!("download of {} does not match its size and BLAKE3", file["path"]);
-        }
-    }
     Ok(())
 }
 
