@@ -60,8 +60,25 @@ impl Env {
         Client::new(config).unwrap()
     }
 
+    /// Publishes and deploys `version`, and returns once the gateway
+    /// answers with it: the gateway learns of a deploy from a database
+    /// notice, which may arrive after the deploy call returns.
     async fn deploy(&self, version: &str, release: &Release) {
+        let mut applied = self.gw.gateway.applied();
         publish_to(&self.stack.connection(&self.agent), "acme", version, &release.artifacts(), true).await.unwrap();
+        let probe = self.client("deploy-probe");
+        let seen = async {
+            loop {
+                if probe.check("0.0.0-0", None).await.unwrap().target == version {
+                    return;
+                }
+                // Nothing to do until the gateway applies another change.
+                let _ = applied.recv().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), seen)
+            .await
+            .expect("the gateway answers with the deployed version within 30 s");
     }
 
     /// Reports stored for acme/crm: (device, from, to, result, error code).
@@ -182,14 +199,14 @@ async fn upgrade_and_downgrade_switch_download_only_changes_and_report() {
     assert!(cache.release_dir(&v1_id).exists(), "the previous release stays for rollback");
 
     // Deploying 1.0.0 again: a downgrade, from the release kept.
-    publish_to(&env.stack.connection(&env.agent), "acme", "1.0.0", &v1.artifacts(), true).await.unwrap();
+    env.deploy("1.0.0", &v1).await;
     let synced = client.sync(&cache).await.unwrap();
     assert_eq!((synced.action, synced.downloaded_files, synced.downloaded_bytes), (Action::Downgrade, 0, 0));
     assert_current(&cache, "1.0.0", &v1);
 
     // The device rolls back from 1.1.0 by hand: syncs hold it back while
     // 1.1.0 stays deployed, and install the next deployment again.
-    publish_to(&env.stack.connection(&env.agent), "acme", "1.1.0", &v2.artifacts(), true).await.unwrap();
+    env.deploy("1.1.0", &v2).await;
     let synced = client.sync(&cache).await.unwrap();
     assert_eq!((synced.version.as_str(), synced.switched), ("1.1.0", true));
     cache.rollback().unwrap();
