@@ -81,8 +81,8 @@ impl ReportStore {
     }
 }
 
-/// Deletes reports (and devices' failures) received more than `retention`
-/// ago, in batches; returns how many reports went.
+/// Deletes reports (and devices' failures, hourly counts and devices not
+/// seen) older than `retention`, in batches; returns how many reports went.
 pub async fn delete_older_than(meta: &Meta, retention: Duration) -> Result<u64, StoreError> {
     let client = meta.pool().get().await?;
     let seconds = retention.as_secs_f64();
@@ -101,6 +101,15 @@ pub async fn delete_older_than(meta: &Meta, retention: Duration) -> Result<u64, 
         }
     }
     client.execute("DELETE FROM device_failures WHERE at < now() - make_interval(secs => $1)", &[&seconds]).await?;
+    // What the dashboard counts ages out with the reports it counts: hours
+    // wholly before the cut-off, and devices neither checking nor reporting.
+    client
+        .execute(
+            "DELETE FROM report_counts WHERE hour < now() - make_interval(secs => $1) - interval '1 hour'",
+            &[&seconds],
+        )
+        .await?;
+    client.execute("DELETE FROM devices WHERE seen_at < now() - make_interval(secs => $1)", &[&seconds]).await?;
     Ok(deleted)
 }
 

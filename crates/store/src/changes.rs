@@ -50,6 +50,40 @@ impl Change {
 /// back-off when the connection fails; each (re)connection first yields
 /// [`Change::Resync`].
 pub fn listen(database_url: &str) -> Result<mpsc::Receiver<Change>, tokio_postgres::Error> {
+    let mut notices = listen_channel(database_url, "ferry_changes")?;
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            let change = match notice {
+                Notice::Connected => Some(Change::Resync),
+                Notice::Payload(payload) => Change::parse(&payload),
+            };
+            if let Some(change) = change
+                && tx.send(change).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// What a listening connection reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The connection was (re)established and is listening: notices sent
+    /// while it was away are lost.
+    Connected,
+    /// One notification's payload.
+    Payload(String),
+}
+
+/// Listens on a PostgreSQL notification `channel` until the receiver is
+/// dropped, reconnecting with back-off when the connection fails.
+pub fn listen_channel(
+    database_url: &str,
+    channel: &'static str,
+) -> Result<mpsc::Receiver<Notice>, tokio_postgres::Error> {
     let config = tokio_postgres::Config::from_str(database_url)?;
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
@@ -71,32 +105,30 @@ pub fn listen(database_url: &str) -> Result<mpsc::Receiver<Change>, tokio_postgr
                                 }
                                 Ok(_) => {}
                                 Err(e) => {
-                                    tracing::warn!(error = %ferry_proto::error_chain(&e), "change listener lost its connection");
+                                    tracing::warn!(channel, error = %ferry_proto::error_chain(&e), "listener lost its connection");
                                     return;
                                 }
                             }
                         }
                     });
-                    match client.batch_execute("LISTEN ferry_changes").await {
+                    match client.batch_execute(&format!("LISTEN {channel}")).await {
                         Ok(()) => {
-                            if tx.send(Change::Resync).await.is_err() {
+                            if tx.send(Notice::Connected).await.is_err() {
                                 return;
                             }
                             backoff = Duration::from_millis(200);
                             while let Some(payload) = notes.recv().await {
-                                if let Some(change) = Change::parse(&payload)
-                                    && tx.send(change).await.is_err()
-                                {
+                                if tx.send(Notice::Payload(payload)).await.is_err() {
                                     return;
                                 }
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %ferry_proto::error_chain(&e), "change listener cannot LISTEN")
+                            tracing::warn!(channel, error = %ferry_proto::error_chain(&e), "listener cannot LISTEN")
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %ferry_proto::error_chain(&e), "change listener cannot connect"),
+                Err(e) => tracing::warn!(channel, error = %ferry_proto::error_chain(&e), "listener cannot connect"),
             }
             if tx.is_closed() {
                 return;

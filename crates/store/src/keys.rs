@@ -14,6 +14,12 @@ pub enum KeyRole {
     Agent,
     /// Asks the gateway about its tenant's releases (mobile and web apps).
     Client,
+    /// Sees every tenant on the registry's dashboard (the vendor); belongs
+    /// to no tenant.
+    Admin,
+    /// Sees its own tenant on the registry's dashboard (the tenant's
+    /// administrators).
+    Operator,
 }
 
 impl KeyRole {
@@ -21,6 +27,8 @@ impl KeyRole {
         match self {
             KeyRole::Agent => "agent",
             KeyRole::Client => "client",
+            KeyRole::Admin => "admin",
+            KeyRole::Operator => "operator",
         }
     }
 
@@ -28,6 +36,8 @@ impl KeyRole {
         match s {
             "agent" => Some(KeyRole::Agent),
             "client" => Some(KeyRole::Client),
+            "admin" => Some(KeyRole::Admin),
+            "operator" => Some(KeyRole::Operator),
             _ => None,
         }
     }

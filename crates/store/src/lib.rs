@@ -12,11 +12,11 @@ mod keys;
 mod meta;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
-pub use changes::{Change, listen};
+pub use changes::{Change, Notice, listen, listen_channel};
 pub use error::StoreError;
 pub use gc::{GcReport, collect_garbage};
 pub use keys::{ApiKey, KeyRole, TokenError};
 pub use meta::{
-    AppReleases, Authenticated, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, ReleaseRow, SavedManifest,
-    connect, ensure_same_release,
+    AppReleases, Authenticated, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, Principal, ReleaseRow,
+    SavedManifest, connect, ensure_same_release,
 };

@@ -81,6 +81,14 @@ pub struct Authenticated {
     pub role: KeyRole,
 }
 
+/// Who a live key of any role belongs to: a tenant, or none (`admin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub role: KeyRole,
+    pub tenant: Option<(i64, Name)>,
+}
+
 /// A live API key as stored.
 #[derive(Clone)]
 pub struct KeyRecord {
@@ -237,6 +245,44 @@ impl Meta {
             )
             .await?;
         Ok(key)
+    }
+
+    /// Creates an `admin` key (every tenant, on the dashboard).
+    pub async fn issue_admin_key(&self) -> Result<ApiKey, StoreError> {
+        let key = ApiKey::generate(KeyRole::Admin);
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO api_keys (id, role, secret_hash) VALUES ($1, 'admin', $2)",
+                &[&key.id, &key.secret_hash().as_slice()],
+            )
+            .await?;
+        Ok(key)
+    }
+
+    /// Who a live key of any role is, tenant-less keys (`admin`) included;
+    /// `None` when it is unknown, revoked or its secret is wrong.
+    pub async fn principal(&self, key: &ApiKey) -> Result<Option<Principal>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT k.tenant_id, t.name, k.role, k.secret_hash FROM api_keys k \
+                 LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1 AND k.revoked_at IS NULL",
+                &[&key.id],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.get::<_, &str>(2) != key.role.as_str() || !key.matches(row.get::<_, &[u8]>(3)) {
+            return Ok(None);
+        }
+        let tenant = match (row.get::<_, Option<i64>>(0), row.get::<_, Option<&str>>(1)) {
+            (Some(id), Some(name)) => Some((
+                id,
+                Name::parse("tenant", name).map_err(|e| StoreError::Integrity(format!("stored tenant name: {e}")))?,
+            )),
+            _ => None,
+        };
+        Ok(Some(Principal { key_id: key.id.clone(), role: key.role, tenant }))
     }
 
     /// Revokes a key by id; revoking twice is not an error.

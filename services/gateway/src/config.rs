@@ -68,6 +68,11 @@ pub struct ServeConfig {
     /// connection.
     #[arg(long, env = "FERRY_MAX_WATCHES", default_value_t = 8_000)]
     pub max_watches: usize,
+    /// Seconds between writes of which version each device runs (learnt
+    /// from checks, gathered in memory; the dashboard's device counts lag
+    /// by at most this much).
+    #[arg(long, env = "FERRY_DEVICE_FLUSH_SECONDS", default_value_t = 15)]
+    pub device_flush_seconds: u64,
     /// Web origins allowed to call the HTTP API from a browser (CORS), comma
     /// separated, e.g. `https://crm.acme.example`; `*` allows any. Empty:
     /// no cross-origin calls.
@@ -104,6 +109,9 @@ impl ServeConfig {
                 self.watch_heartbeat_seconds
             );
         }
+        if !(1..=3600).contains(&self.device_flush_seconds) {
+            anyhow::bail!("FERRY_DEVICE_FLUSH_SECONDS must be between 1 and 3600, got {}", self.device_flush_seconds);
+        }
         let listener = self.listener.limits().map_err(anyhow::Error::msg)?;
         if Duration::from_secs(self.watch_heartbeat_seconds) >= listener.idle_timeout {
             anyhow::bail!("FERRY_WATCH_HEARTBEAT_SECONDS must be shorter than the idle timeout, or watches are closed");
@@ -131,6 +139,7 @@ impl ServeConfig {
             listener,
             watch_heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
             max_watches: self.max_watches,
+            device_flush: Duration::from_secs(self.device_flush_seconds),
             cors: crate::cors::Origins::parse(&self.cors_origins)?,
         })
     }

@@ -58,6 +58,9 @@ pub struct GatewayConfig {
     /// `Retry-After` (keep it below `listener.max_connections`, so checks
     /// always find a connection).
     pub max_watches: usize,
+    /// How often which version each device runs is written (see
+    /// [`ferry_reports::Census`]).
+    pub device_flush: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +76,7 @@ impl Default for GatewayConfig {
             watch_heartbeat: Duration::from_secs(15),
             cors: crate::cors::Origins::None,
             max_watches: 8_000,
+            device_flush: Duration::from_secs(15),
         }
     }
 }
@@ -132,6 +136,10 @@ struct Inner {
     clock: Clock,
     /// Where reports go (the gateway's one write path).
     reports: ferry_reports::ReportStore,
+    /// Which version devices run, from checks, until the next flush.
+    census: Arc<ferry_reports::Census>,
+    /// The pool reports (and the census) are written with.
+    writer: Meta,
     /// Devices' latest failures per (app, device), also when there is none:
     /// a report through this gateway updates it at once, one through
     /// another gateway within `DEVICE_FAILURE_TTL`.
@@ -254,6 +262,7 @@ impl Gateway {
             .build();
         let limits = Limits::new(&config);
         let device_failures = Cache::builder().max_capacity(1_000_000).time_to_live(DEVICE_FAILURE_TTL).build();
+        let writer = reports.clone();
         let reports = ferry_reports::ReportStore::new(reports);
         let hub = Hub::new(meta.clone(), config.release_cache_ttl);
         Self {
@@ -269,6 +278,8 @@ impl Gateway {
                 limits,
                 clock,
                 reports,
+                census: Arc::default(),
+                writer,
                 device_failures,
                 metrics: Metrics::default(),
                 applied: tokio::sync::broadcast::channel(64).0,
@@ -283,6 +294,17 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Writes which version devices run every `config.device_flush` until
+    /// `stop`, then once more (`serve` runs it).
+    pub async fn run_census(&self, stop: impl std::future::Future<Output = ()>) {
+        self.inner.census.run(self.inner.writer.clone(), self.inner.config.device_flush, stop).await;
+    }
+
+    /// Writes which version devices run now (tests and tools).
+    pub async fn flush_census(&self) -> Result<usize, ferry_store::StoreError> {
+        self.inner.census.flush(&self.inner.writer).await
     }
 
     /// Applies change notifications until the channel closes.
@@ -376,7 +398,10 @@ impl Gateway {
         // name one of the same major.minor.patch).
         let required = action != Action::None && target.compatible.as_ref().is_none_or(|req| !req.matches(&current));
         let last_failure = match p.caller.device.as_deref().filter(|d| !d.is_empty()) {
-            Some(device) => self.last_failure(view.app_id, device).await?.as_deref().map(LastFailureBody::from),
+            Some(device) => {
+                self.inner.census.record(view.app_id, device, current_str, (self.inner.clock)());
+                self.last_failure(view.app_id, device).await?.as_deref().map(LastFailureBody::from)
+            }
             None => None,
         };
         let mut answer = CheckAnswer {

@@ -44,9 +44,13 @@ pub async fn serve(
     // their connections close.
     let grpc_server = ferry_net::with_grace(grpc_server, stopped(stop_rx.clone()), limits.shutdown_grace);
 
+    let (gateway_census, census_rx) = (gateway.clone(), stop_rx.clone());
     let http_server = ferry_net::serve_http(http, limits, crate::http::router(gateway), stopped(stop_rx));
 
-    let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    // The device census is written until the listeners stop, then once
+    // more, so a clean shutdown loses none of it.
+    let census = gateway_census.run_census(stopped(census_rx));
+    let (grpc_result, http_result, ()) = tokio::join!(grpc_server, http_server, census);
     grpc_result?;
     http_result?;
     Ok(())
