@@ -20,9 +20,12 @@ pub enum AdminCommand {
     /// Issues an API key and prints it (only the key) on stdout. It is
     /// stored hashed: it cannot be shown again.
     IssueKey {
-        tenant: String,
-        /// `agent` publishes and deploys; `client` asks the gateway.
-        #[arg(long, value_parser = ["agent", "client"])]
+        /// The key's tenant; omitted only for `--role admin`.
+        tenant: Option<String>,
+        /// `agent` publishes and deploys; `client` asks the gateway;
+        /// `operator` sees its tenant on the dashboard; `admin` sees every
+        /// tenant on the dashboard (and names no tenant).
+        #[arg(long, value_parser = ["agent", "client", "operator", "admin"])]
         role: String,
     },
     /// Sets a tenant's rate limit at the access gateway: sustained requests
@@ -85,13 +88,24 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
             format!("created app {tenant}/{app}")
         }
         AdminCommand::IssueKey { tenant, role } => {
-            let tenant = name("tenant", &tenant)?;
             let role = KeyRole::parse(&role).expect("clap restricts the role");
-            let key = meta.issue_key(&tenant, role).await?;
+            let (key, whose) = match (role, tenant) {
+                (KeyRole::Admin, None) => (meta.issue_admin_key().await?, "every tenant".to_owned()),
+                (KeyRole::Admin, Some(tenant)) => {
+                    anyhow::bail!("an admin key sees every tenant and names none: drop {tenant:?}")
+                }
+                (_, None) => {
+                    anyhow::bail!("a key of role {role} belongs to a tenant: name it (issue-key TENANT --role {role})")
+                }
+                (_, Some(tenant)) => {
+                    let tenant = name("tenant", &tenant)?;
+                    (meta.issue_key(&tenant, role).await?, format!("tenant {tenant}"))
+                }
+            };
             return Ok(AdminOutput {
                 stdout: Some(key.token()),
                 message: format!(
-                    "issued {role} key {id} for tenant {tenant}; revoke it with `ferry-registry admin revoke-key {id}`",
+                    "issued {role} key {id} for {whose}; revoke it with `ferry-registry admin revoke-key {id}`",
                     id = key.id
                 ),
             });

@@ -86,11 +86,31 @@ pub struct ServeConfig {
     #[arg(long, env = "FERRY_REPORT_RETENTION_DAYS", default_value_t = 90)]
     pub report_retention_days: u64,
 
+    /// Where the operator dashboard listens (HTTP; put TLS in front of it
+    /// or reach it on localhost: its cookie is `Secure`). Unset: no
+    /// dashboard.
+    #[arg(long, env = "FERRY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Hours a dashboard sign-in lasts.
+    #[arg(long, env = "FERRY_ADMIN_SESSION_HOURS", default_value_t = 12)]
+    pub admin_session_hours: u64,
+
     #[command(flatten)]
     pub listener: ferry_net::ListenerArgs,
 }
 
 impl ServeConfig {
+    /// The dashboard's settings, validated (whether or not it is served).
+    pub fn dashboard_settings(&self) -> anyhow::Result<ferry_dashboard::DashboardSettings> {
+        if !(1..=720).contains(&self.admin_session_hours) {
+            anyhow::bail!("FERRY_ADMIN_SESSION_HOURS must be between 1 and 720, got {}", self.admin_session_hours);
+        }
+        Ok(ferry_dashboard::DashboardSettings {
+            session_lifetime: Duration::from_secs(self.admin_session_hours * 3600),
+            ..Default::default()
+        })
+    }
+
     /// Reads the TLS files, naming the one that fails.
     pub fn tls(&self) -> anyhow::Result<Option<Tls>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {

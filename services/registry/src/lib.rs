@@ -6,9 +6,11 @@
 pub mod admin;
 mod auth;
 pub mod config;
+mod dashboard;
 mod error;
 mod server;
 mod service;
 
+pub use dashboard::serve_dashboard;
 pub use server::{Tls, serve};
 pub use service::{MAX_RELEASE_FILES, Registry, RegistrySettings};

@@ -49,9 +49,40 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Err(e) = blobs.ping().await {
                 tracing::warn!(bucket = %config.s3_bucket, error = %ferry_proto::error_chain(&e), "s3 bucket is not reachable yet; serving anyway");
             }
+            let dashboard_settings = config.dashboard_settings()?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             info!(addr = %listener.local_addr()?, tls = tls.is_some(), bucket = %config.s3_bucket, "registry listening");
-            serve(Registry::with_settings(meta, blobs, settings), listener, tls, shutdown_signal()).await
+            // One signal stops both listeners.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            let admin = match config.admin_listen {
+                Some(addr) => {
+                    let live = ferry_dashboard::Live::listen(&config.database.database_url, meta.clone()).await?;
+                    let dashboard = ferry_dashboard::Dashboard::new(meta.clone(), live, dashboard_settings);
+                    let admin = tokio::net::TcpListener::bind(addr).await?;
+                    info!(addr = %admin.local_addr()?, "dashboard listening");
+                    Some((dashboard, admin))
+                }
+                None => None,
+            };
+            let limits = settings.listener;
+            let registry =
+                serve(Registry::with_settings(meta, blobs, settings), listener, tls, stopped(stop_rx.clone()));
+            let dashboard = async {
+                match admin {
+                    Some((dashboard, admin)) => {
+                        ferry_registry::serve_dashboard(dashboard, admin, limits, stopped(stop_rx.clone())).await
+                    }
+                    None => Ok(()),
+                }
+            };
+            tokio::try_join!(registry, dashboard).map(|_| ())
         }
         Command::Migrate(database) => {
             let meta = ferry_store::connect(&database.database_url, 1)?;

@@ -43,6 +43,21 @@ async fn admin_creates_tenants_apps_and_keys_and_revokes_them() {
     assert!(limited.status.success(), "{}", text(&limited.stderr));
     assert_eq!(meta.tenant_limit(auth.tenant_id).await.unwrap(), Some((2.5, 10)));
 
+    // Dashboard keys: an admin names no tenant, an operator names one.
+    let admin_key = admin(&db, &["issue-key", "--role", "admin"]);
+    assert!(admin_key.status.success(), "{}", text(&admin_key.stderr));
+    let admin_key = ApiKey::parse(text(&admin_key.stdout).trim()).unwrap();
+    let principal = meta.principal(&admin_key).await.unwrap().expect("admin key is valid");
+    assert_eq!((principal.role, principal.tenant), (ferry_store::KeyRole::Admin, None));
+    assert!(
+        meta.authenticate(&admin_key).await.unwrap().is_none(),
+        "no tenant: the gateway and registry never accept it"
+    );
+    let operator = admin(&db, &["issue-key", "acme", "--role", "operator"]);
+    let operator = ApiKey::parse(text(&operator.stdout).trim()).unwrap();
+    let principal = meta.principal(&operator).await.unwrap().expect("operator key is valid");
+    assert_eq!(principal.tenant.map(|(_, name)| name.to_string()), Some("acme".to_owned()));
+
     let revoked = admin(&db, &["revoke-key", &key.id]);
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
     assert!(meta.authenticate(&key).await.unwrap().is_none(), "revoked keys stop working");
@@ -53,13 +68,15 @@ async fn admin_errors_name_the_problem() {
     let db = ferry_testkit::fresh_database().await.unwrap();
     assert!(admin(&db, &["create-tenant", "acme"]).status.success());
 
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["set-limit", "acme", "--per-second", "0", "--burst", "5"], "--per-second must be a positive number"),
         (&["set-limit", "globex", "--per-second", "10", "--burst", "5"], "tenant globex does not exist"),
         (&["create-tenant", "acme"], "tenant acme already exists"),
         (&["create-tenant", "Acme Corp"], "invalid tenant name"),
         (&["create-app", "globex", "crm"], "tenant globex does not exist"),
-        (&["issue-key", "acme", "--role", "admin"], "invalid value 'admin'"),
+        (&["issue-key", "acme", "--role", "owner"], "invalid value 'owner'"),
+        (&["issue-key", "acme", "--role", "admin"], "an admin key sees every tenant and names none"),
+        (&["issue-key", "--role", "operator"], "a key of role operator belongs to a tenant"),
         (&["revoke-key", "0123456789ab"], "api key 0123456789ab does not exist"),
         (&["set-alerts", "acme"], "give --webhook URL and/or --email ADDRESS, or --clear"),
         (&["set-alerts", "acme", "--webhook", "ftp://x"], "--webhook: \"ftp://x\" is not an http(s):// URL"),

@@ -208,9 +208,6 @@ impl Group {
     }
 
     fn kill(&self) {
-        let _ = Command::new("sh")
-            .args(["-c", &format!("kill -KILL -- -{} 2>/dev/null", self.0)])
-            .stdin(Stdio::null())
-            .status();
+        ferry_testkit::kill_process_group(self.0);
     }
 }
