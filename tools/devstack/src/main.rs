@@ -60,7 +60,10 @@ async fn run() -> anyhow::Result<()> {
     }));
 
     step("starting the gateway");
-    let gateway = ferry_gateway::Gateway::new(meta.clone(), blobs_for_gateway, ferry_gateway::GatewayConfig::default());
+    // Device counts reach the dashboard within two seconds here.
+    let gateway_config =
+        ferry_gateway::GatewayConfig { device_flush: std::time::Duration::from_secs(2), ..Default::default() };
+    let gateway = ferry_gateway::Gateway::new(meta.clone(), blobs_for_gateway, gateway_config);
     let mut applied = gateway.applied();
     gateway.follow(ferry_store::listen(&database_url)?);
     applied.recv().await?; // listening for changes
@@ -73,6 +76,19 @@ async fn run() -> anyhow::Result<()> {
     let gateway_task = tokio::spawn(ferry_gateway::serve(gateway, http, grpc, async {
         let _ = gw_stopped.await;
     }));
+
+    step("starting the operator dashboard");
+    let live = ferry_dashboard::Live::listen(&database_url, meta.clone()).await?;
+    let dashboard = ferry_dashboard::Dashboard::new(meta.clone(), live, ferry_dashboard::DashboardSettings::default());
+    let admin_listener = tokio::net::TcpListener::bind(("127.0.0.1", env_port("FERRY_DEV_DASHBOARD_PORT")?)).await?;
+    // localhost: browsers keep the dashboard's Secure cookie over plain HTTP there.
+    let dashboard_url = format!("http://localhost:{}", admin_listener.local_addr()?.port());
+    let (stop_dash, dash_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard_task =
+        tokio::spawn(ferry_registry::serve_dashboard(dashboard, admin_listener, ferry_net::Limits::default(), async {
+            let _ = dash_stopped.await;
+        }));
+    let admin_key = meta.issue_admin_key().await?.token();
 
     step("creating tenant acme, app crm and their keys");
     let tenant = Name::parse("tenant", TENANT)?;
@@ -90,6 +106,8 @@ async fn run() -> anyhow::Result<()> {
         ("FERRY_APP", APP),
         ("FERRY_AGENT_TOKEN", agent_token.as_str()),
         ("FERRY_CLIENT_KEY", client_key.as_str()),
+        ("FERRY_DASHBOARD_URL", dashboard_url.as_str()),
+        ("FERRY_ADMIN_KEY", admin_key.as_str()),
         ("DATABASE_URL", database_url.as_str()),
         ("AWS_ENDPOINT_URL_S3", s3.endpoint.as_str()),
         ("FERRY_S3_BUCKET", bucket.as_str()),
@@ -151,11 +169,15 @@ async fn run() -> anyhow::Result<()> {
     let notice = notices.next().await?;
     println!("    push notice: {} deployed", notice.version);
     demo_sync(&client, &phone).await?;
+    step("a few more devices check and report, so the dashboard has something to show");
+    demo_devices(&gateway_url, &client_key).await?;
     let deployed = meta.deployed_version(app_id).await?.unwrap_or_else(|| "none".into());
 
     println!(
         "\nFerry is running.\n  registry (gRPC)  {registry_url}\n  gateway (HTTP)   {gateway_url}\n  \
          gateway (gRPC)   {gateway_grpc}\n  S3               {} bucket {bucket}\n  \
+         dashboard        {dashboard_url}  (sign in with the admin key: $FERRY_ADMIN_KEY)\n  \
+         admin key        {admin_key}\n  \
          tenant/app       {TENANT}/{APP}, deployed version {deployed}\n  environment      {}\n\n\
          Try:  set -a; . {}; set +a\n      \
          curl -H \"Authorization: Bearer $FERRY_CLIENT_KEY\" \"$FERRY_GATEWAY_URL/v1/check?tenant=acme&app=crm&version=0.9.0&platform=android\"\n      \
@@ -171,6 +193,8 @@ async fn run() -> anyhow::Result<()> {
     let _ = server.await;
     let _ = stop_gw.send(());
     let _ = gateway_task.await;
+    let _ = stop_dash.send(());
+    let _ = dashboard_task.await;
     let _ = std::fs::remove_file(&env_file);
     // Exiting closes every connection at once; PostgreSQL's watchdog then
     // stops the cluster and deletes it, and the S3 store is a temp dir.
@@ -192,6 +216,43 @@ async fn demo_sync(client: &ferry_client::Client, cache: &ferry_client::Cache) -
         synced.reused_files,
         cache.current_dir()?.map(|d| d.display().to_string()).unwrap_or_default(),
     );
+    Ok(())
+}
+
+/// Demo devices: some check in on either version, a few report how their
+/// upgrade to 1.0.0 went, failures included.
+async fn demo_devices(gateway_url: &str, client_key: &str) -> anyhow::Result<()> {
+    for i in 1..=8 {
+        let mut config = ferry_client::Config::new(gateway_url, client_key, TENANT, APP);
+        config.platform = Some("android".into());
+        config.device_id = Some(format!("demo-device-{i}"));
+        let client = ferry_client::Client::new(config)?;
+        let (running, result) = match i {
+            1..=4 => ("1.0.0", Some(ferry_client::Outcome::Success)),
+            5 => ("1.1.0", Some(ferry_client::Outcome::Failure)),
+            6 => ("1.1.0", Some(ferry_client::Outcome::RolledBack)),
+            _ => ("1.1.0", None),
+        };
+        client.check(running, None).await?;
+        if let Some(result) = result {
+            let failed = result != ferry_client::Outcome::Success;
+            client
+                .report(&ferry_client::Report {
+                    report_id: ferry_client::Report::new_id(),
+                    device_id: format!("demo-device-{i}"),
+                    tenant: TENANT.into(),
+                    app: APP.into(),
+                    from_version: "1.1.0".into(),
+                    to_version: "1.0.0".into(),
+                    result,
+                    error_code: failed.then(|| "E_DEMO".into()),
+                    error_message: failed.then(|| "a demo failure: the download was cut off".into()),
+                    duration_ms: Some(1200),
+                    platform: Some("android".into()),
+                })
+                .await?;
+        }
+    }
     Ok(())
 }
 
