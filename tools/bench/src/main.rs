@@ -36,7 +36,8 @@ struct Cli {
     #[arg(long, global = true)]
     quick: bool,
     /// Run only these benchmarks (comma-separated: pack, transfer, upload,
-    /// republish, gateway, watch); their sections alone are rewritten.
+    /// republish, gateway, watch, dashboard); their sections alone are
+    /// rewritten.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The document whose generated sections are rewritten (default:

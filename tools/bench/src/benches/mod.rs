@@ -3,6 +3,7 @@
 //! produces the figures as JSON, `render` (in the orchestrator) turns them
 //! into a BENCHMARKS.md section with the targets judged.
 
+mod dashboard;
 mod gateway;
 mod pack;
 mod republish;
@@ -22,11 +23,12 @@ pub(crate) enum Bench {
     Republish,
     Gateway,
     Watch,
+    Dashboard,
 }
 
 impl Bench {
-    pub(crate) const ALL: [Bench; 6] =
-        [Bench::Pack, Bench::Transfer, Bench::Upload, Bench::Republish, Bench::Gateway, Bench::Watch];
+    pub(crate) const ALL: [Bench; 7] =
+        [Bench::Pack, Bench::Transfer, Bench::Upload, Bench::Republish, Bench::Gateway, Bench::Watch, Bench::Dashboard];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -36,6 +38,7 @@ impl Bench {
             Bench::Republish => "republish",
             Bench::Gateway => "gateway",
             Bench::Watch => "watch",
+            Bench::Dashboard => "dashboard",
         }
     }
 
@@ -55,6 +58,7 @@ impl Bench {
             Bench::Republish => &["b3sum", "sh", "find", "xargs"],
             Bench::Gateway => &["nginx", "wrk", "taskset"],
             Bench::Watch => &[],
+            Bench::Dashboard => &[],
         }
     }
 
@@ -79,6 +83,7 @@ impl Bench {
             Bench::Upload => serde_json::to_value(Box::pin(upload::run(quick)).await?)?,
             Bench::Republish => serde_json::to_value(Box::pin(republish::run(quick)).await?)?,
             Bench::Watch => serde_json::to_value(Box::pin(watch::run(quick)).await?)?,
+            Bench::Dashboard => serde_json::to_value(Box::pin(dashboard::run(quick)).await?)?,
             Bench::Gateway => {
                 let Some(tenants) = param else { bail!("the gateway benchmark needs --param TENANTS") };
                 serde_json::to_value(Box::pin(gateway::run(quick, tenants)).await?)?
@@ -100,6 +105,7 @@ impl Bench {
             Bench::Upload => Ok(upload::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Republish => Ok(republish::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Watch => Ok(watch::render(&serde_json::from_value(one()?)?, quick)),
+            Bench::Dashboard => Ok(dashboard::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Gateway => {
                 let runs = figures.iter().map(|f| serde_json::from_value(f.clone())).collect::<Result<Vec<_>, _>>()?;
                 gateway::render(&runs, quick)
