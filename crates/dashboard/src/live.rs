@@ -36,10 +36,20 @@ pub struct LiveEvent {
     pub failures: i64,
 }
 
+/// What is fanned out to open pages.
+#[derive(Debug, Clone, PartialEq)]
+enum Update {
+    /// Something happened to one app.
+    App(LiveEvent),
+    /// Events may have been missed (the listener reconnected), or this
+    /// tenant gained an app: pages that may show it reload their data.
+    Resync { tenant_id: Option<i64> },
+}
+
 /// The fan-out of live events; cheap to clone.
 #[derive(Clone)]
 pub struct Live {
-    tx: broadcast::Sender<LiveEvent>,
+    tx: broadcast::Sender<Update>,
 }
 
 impl Default for Live {
@@ -66,12 +76,23 @@ impl Live {
                     n = reports.recv() => match n { Some(n) => (n, true), None => return },
                     n = changes.recv() => match n { Some(n) => (n, false), None => return },
                 };
-                let Notice::Payload(payload) = payload else { continue };
+                let payload = match payload {
+                    Notice::Payload(payload) => payload,
+                    // Reconnected: whatever was sent meanwhile is lost.
+                    Notice::Connected => {
+                        let _ = tx.send(Update::Resync { tenant_id: None });
+                        continue;
+                    }
+                };
+                if let Some(tenant_id) = payload.strip_prefix("tenant:").and_then(|t| t.parse().ok()) {
+                    let _ = tx.send(Update::Resync { tenant_id: Some(tenant_id) });
+                    continue;
+                }
                 let parsed = if from_reports { parse_reports(&payload) } else { parse_change(&payload) };
                 let Some((app_id, failures, kind)) = parsed else { continue };
                 match names.of(&meta, app_id).await {
                     Ok(Some((tenant_id, tenant, app))) => {
-                        let _ = tx.send(LiveEvent { tenant_id, tenant, app, kind, failures });
+                        let _ = tx.send(Update::App(LiveEvent { tenant_id, tenant, app, kind, failures }));
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -85,7 +106,7 @@ impl Live {
 
     /// Sends an event to every open page (what the listener does).
     pub fn send(&self, event: LiveEvent) {
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Update::App(event));
     }
 }
 
@@ -132,18 +153,21 @@ impl Names {
 }
 
 /// `GET /events`: the viewer's live events. Event `reports` or `deployed`
-/// with `{"tenant", "app", "kind", "failures"}`; `resync` when events were
-/// missed (the page reloads its data).
+/// with `{"tenant", "app", "kind", "failures"}`; `resync` when events may
+/// have been missed or a tenant the viewer sees gained an app (the page
+/// reloads its data).
 pub(crate) async fn events(
     State(dashboard): State<Dashboard>,
     viewer: Viewer,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let resync = || Some(Ok(Event::default().event("resync").data("{}")));
     let stream = BroadcastStream::new(dashboard.inner.live.tx.subscribe()).filter_map(move |item| match item {
-        Ok(event) if viewer.sees(event.tenant_id) => {
+        Ok(Update::App(event)) if viewer.sees(event.tenant_id) => {
             Some(Ok(Event::default().event(event.kind).data(serde_json::to_string(&event).unwrap_or_default())))
         }
+        Ok(Update::Resync { tenant_id }) if tenant_id.is_none_or(|t| viewer.sees(t)) => resync(),
         Ok(_) => None,
-        Err(BroadcastStreamRecvError::Lagged(_)) => Some(Ok(Event::default().event("resync").data("{}"))),
+        Err(BroadcastStreamRecvError::Lagged(_)) => resync(),
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

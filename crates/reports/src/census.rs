@@ -104,6 +104,7 @@ impl Census {
     /// `stop` resolves, then once more.
     pub async fn run(&self, meta: Meta, interval: Duration, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let mut dropped = 0;
         loop {
             let stopping = tokio::select! {
                 _ = tokio::time::sleep(interval) => false,
@@ -112,6 +113,13 @@ impl Census {
             };
             if let Err(e) = self.flush(&meta).await {
                 tracing::warn!(error = %ferry_proto::error_chain(&e), "device census: flush failed; kept for the next");
+            }
+            if self.dropped() > dropped {
+                tracing::warn!(
+                    devices = self.dropped() - dropped,
+                    "device census: full between flushes, new devices not counted (lower FERRY_DEVICE_FLUSH_SECONDS)"
+                );
+                dropped = self.dropped();
             }
             if stopping {
                 return;

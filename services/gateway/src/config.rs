@@ -20,7 +20,7 @@ pub struct ServeConfig {
     #[arg(long, env = "FERRY_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: usize,
     /// Where reports are written (a role that may INSERT into `reports` and
-    /// write `device_failures`, and read everything else); default
+    /// write `device_failures` and `devices`, and read everything else); default
     /// DATABASE_URL. Reports use a pool of their own either way.
     #[arg(long = "reports-database-url", env = "FERRY_REPORTS_DATABASE_URL", hide_env_values = true)]
     pub reports_database_url: Option<ferry_store::DatabaseUrl>,

@@ -134,7 +134,8 @@ struct Inner {
     listings: Cache<ListingKey, Arc<Listing>>,
     limits: Limits,
     clock: Clock,
-    /// Where reports go (the gateway's one write path).
+    /// Where reports go (with the census below, the gateway's one write
+    /// path).
     reports: ferry_reports::ReportStore,
     /// Which version devices run, from checks, until the next flush.
     census: Arc<ferry_reports::Census>,

@@ -156,7 +156,8 @@ struct WatchQuery {
     path = "/v1/check",
     params(
         CheckQuery,
-        ("X-Ferry-Device" = Option<String>, Header, description = "Stable device id, for per-device rate limits"),
+        ("X-Ferry-Device" = Option<String>, Header, description = "Stable device id, for per-device rate limits; \
+          the device is counted once, with `version`, on the operators' dashboard"),
     ),
     responses(
         (status = 200, description = "The answer; `artifacts` is empty when `action` is `none`", body = CheckAnswer),

@@ -106,7 +106,11 @@ impl Registry {
         let tenant = parse_name("tenant", tenant)?;
         let auth = self.caller(extensions, metadata).await?;
         if auth.role != KeyRole::Agent {
-            return Err(RegistryError::PermissionDenied("this is a client key; publishing needs an agent key".into()));
+            return Err(RegistryError::PermissionDenied(format!(
+                "this is {} {} key; publishing needs an agent key",
+                if auth.role == KeyRole::Client { "a" } else { "an" },
+                auth.role
+            )));
         }
         if auth.tenant != tenant {
             return Err(RegistryError::PermissionDenied(format!("this agent key is not valid for tenant {tenant}")));
