@@ -34,7 +34,10 @@ impl Drop for DashboardHandle {
 
 async fn serve_dashboard(stack: &Stack) -> DashboardHandle {
     let live = Live::listen(&stack.database_url, stack.meta.clone()).await.unwrap();
-    let dashboard = Dashboard::new(stack.meta.clone(), live, DashboardSettings::default());
+    // Open live streams re-check their viewer often, so a test sees a
+    // revocation end one at once.
+    let settings = DashboardSettings { recheck: Duration::from_millis(200), ..DashboardSettings::default() };
+    let dashboard = Dashboard::new(stack.meta.clone(), live, settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -63,6 +66,8 @@ async fn env() -> Env {
     let stack = Stack::start().await;
     let acme = stack.tenant("acme").await;
     let globex = stack.tenant("globex").await;
+    // Sorts first by name and has no problem: problems-first must beat it.
+    stack.tenant("able").await;
     let release = Release::new(20_000, 5);
     publish_to(&stack.connection(&acme), "acme", "1.0.0", &release.artifacts(), false).await.unwrap();
     std::fs::write(&release.api, b"{\"v\":\"1.1\"}").unwrap();
@@ -127,8 +132,12 @@ impl Env {
     }
 
     async fn report(&self, id: &str, device: &str, result: &str) {
+        self.report_as("acme", &self.client_key, id, device, result).await;
+    }
+
+    async fn report_as(&self, tenant: &str, key: &str, id: &str, device: &str, result: &str) {
         let body = json!({
-            "report_id": id, "device_id": device, "tenant": "acme", "app": "crm",
+            "report_id": id, "device_id": device, "tenant": tenant, "app": "crm",
             "from_version": "1.0.0", "to_version": "1.1.0", "result": result,
             "error_code": if result == "success" { Value::Null } else { json!("E_DISK") },
             "error_message": if result == "success" { Value::Null } else { json!("no space left on device") },
@@ -136,7 +145,7 @@ impl Env {
         });
         let resp = ferry_testkit::http()
             .post(format!("{}/v1/reports", self.gw.http))
-            .bearer_auth(&self.client_key)
+            .bearer_auth(key)
             .json(&body)
             .send()
             .await
@@ -174,10 +183,10 @@ impl Env {
         (row.get(0), row.get(1), row.get(2))
     }
 
-    /// A scripted day: one device checking 300 times, others checking and
+    /// A scripted day: one device checking 1,000 times, others checking and
     /// reporting; the gateway's census written.
     async fn script(&self) {
-        for _ in 0..300 {
+        for _ in 0..1_000 {
             self.check("1.0.0", Some("phone-1")).await;
         }
         self.check("1.1.0", Some("phone-2")).await;
@@ -272,7 +281,22 @@ async fn access_is_by_dashboard_key_and_scoped_to_the_tenant() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(env.get("/", None, Some(&cookie)).await.0, StatusCode::SEE_OTHER, "signed out");
 
-    // Revoking the key ends its sessions.
+    // Live events: an operator hears of its own tenant only.
+    let mut events = no_redirects().get(format!("{}/events", env.dash.url)).bearer_auth(op).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    env.report("r-live-acme", "phone-9", "failure").await;
+    let globex_key = env.stack.client_key("globex").await;
+    env.report_as("globex", &globex_key, "r-live-globex", "tablet-1", "failure").await;
+    let mut heard = String::new();
+    let listen = async {
+        while !heard.contains("\"tenant\":\"globex\"") {
+            heard.push_str(&String::from_utf8_lossy(&events.chunk().await.unwrap().expect("the stream stays open")));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), listen).await.expect("globex's failure is heard within 10 s");
+    assert!(!heard.contains("acme"), "an operator of globex heard of acme: {heard}");
+
+    // Revoking the key ends its sessions and its open live stream.
     let (_, headers) = env.post_form("/signin", &[("key", op)], None, None).await;
     let (cookie, _) = cookie_of(&headers);
     assert_eq!(env.get("/tenants/globex/apps/crm", None, Some(&cookie)).await.0, StatusCode::OK);
@@ -280,6 +304,8 @@ async fn access_is_by_dashboard_key_and_scoped_to_the_tenant() {
     env.stack.meta.revoke_key(key_id).await.unwrap();
     assert_eq!(env.get("/tenants/globex/apps/crm", None, Some(&cookie)).await.0, StatusCode::SEE_OTHER);
     assert_eq!(env.get("/api/v1/overview", Some(op), None).await.0, StatusCode::UNAUTHORIZED);
+    let ended = async { while events.chunk().await.unwrap().is_some() {} };
+    tokio::time::timeout(Duration::from_secs(10), ended).await.expect("the live stream ends after revocation");
 }
 
 /// Numbers as JSON equal the database's: devices counted once each however
@@ -289,15 +315,15 @@ async fn the_json_api_counts_devices_once_and_reports_per_target() {
     let env = env().await;
     env.script().await;
     let devices = env.devices_in_database().await;
-    assert_eq!(devices, [("1.1.0".to_owned(), 2), ("1.0.0".to_owned(), 2)], "phone-1 checked 300 times: one device");
+    assert_eq!(devices, [("1.1.0".to_owned(), 2), ("1.0.0".to_owned(), 2)], "phone-1 checked 1,000 times: one device");
 
     let (status, _, body) = env.get("/api/v1/overview", Some(&env.admin_key), None).await;
     assert_eq!(status, StatusCode::OK);
     let overview: Value = serde_json::from_str(&body).unwrap();
     let apps = overview["apps"].as_array().unwrap();
-    assert_eq!(apps[0]["tenant"], "acme", "problems first");
-    assert_eq!(apps[0]["problem"], true);
-    assert_eq!(apps[1]["tenant"], "globex");
+    let tenants: Vec<&str> = apps.iter().map(|a| a["tenant"].as_str().unwrap()).collect();
+    assert_eq!(tenants, ["acme", "able", "globex"], "problems first, then by name");
+    assert_eq!((apps[0]["problem"].as_bool(), apps[1]["problem"].as_bool()), (Some(true), Some(false)));
     let acme = &apps[0];
     assert_eq!((acme["deployed_version"].as_str(), acme["devices"].as_i64()), (Some("1.1.0"), Some(4)));
     assert_eq!((acme["devices_on_deployed"].as_i64(), acme["share_on_deployed"].as_f64()), (Some(2), Some(0.5)));

@@ -26,10 +26,42 @@ pub(crate) const COOKIE: &str = "ferry_session";
 /// Who is looking, and what they may see.
 #[derive(Debug, Clone)]
 pub(crate) struct Viewer {
+    /// What proved it: checked again while a live stream stays open.
+    pub(crate) credential: Credential,
     /// `None` for an admin: every tenant.
     pub(crate) tenant: Option<(i64, String)>,
     /// Present when signed in by cookie: forms that change state carry it.
     pub(crate) csrf: Option<String>,
+}
+
+/// A dashboard key, or the token of a session signed in with one.
+#[derive(Debug, Clone)]
+pub(crate) enum Credential {
+    Key(ApiKey),
+    Session(String),
+}
+
+impl Credential {
+    /// Whether it still opens the dashboard (key not revoked, session not
+    /// signed out or expired).
+    pub(crate) async fn still_valid(&self, meta: &Meta) -> Result<bool, StoreError> {
+        Ok(match self {
+            Credential::Key(key) => meta.principal(key).await?.is_some(),
+            Credential::Session(token) => session_viewer(meta, token).await?.is_some(),
+        })
+    }
+}
+
+/// What a dashboard role may see: every tenant (admin), its own (operator);
+/// `None` for any other role or an inconsistent row. Decided by the role,
+/// never by the absence of a tenant alone.
+#[allow(clippy::option_option)]
+fn scope(role: KeyRole, tenant: Option<(i64, String)>) -> Option<Option<(i64, String)>> {
+    match (role, tenant) {
+        (KeyRole::Admin, None) => Some(None),
+        (KeyRole::Operator, Some(tenant)) => Some(Some(tenant)),
+        _ => None,
+    }
 }
 
 impl Viewer {
@@ -56,11 +88,9 @@ impl Viewer {
 pub(crate) enum Denied {
     /// No credential, or one that is not (or no longer) valid: pages send
     /// the browser to sign in, the JSON API answers 401.
-    Unauthenticated {
-        api: bool,
-        reason: &'static str,
-    },
-    Store(StoreError),
+    Unauthenticated { api: bool, reason: &'static str },
+    /// The credential could not be checked.
+    Store { api: bool, error: StoreError },
 }
 
 impl IntoResponse for Denied {
@@ -73,7 +103,8 @@ impl IntoResponse for Denied {
             )
                 .into_response(),
             Denied::Unauthenticated { api: false, .. } => Redirect::to("/signin").into_response(),
-            Denied::Store(e) => crate::pages::PageError::from(e).into_response(),
+            Denied::Store { api: true, error } => crate::pages::ApiError::from(error).into_response(),
+            Denied::Store { api: false, error } => crate::pages::PageError::from(error).into_response(),
         }
     }
 }
@@ -95,15 +126,17 @@ impl FromRequestParts<Dashboard> for Viewer {
             let principal = meta
                 .principal(&key)
                 .await
-                .map_err(Denied::Store)?
+                .map_err(|error| Denied::Store { api, error })?
                 .ok_or(Denied::Unauthenticated { api, reason: "the key is unknown or revoked" })?;
-            return Ok(Viewer { tenant: principal.tenant.map(|(id, name)| (id, name.to_string())), csrf: None });
+            let tenant = scope(principal.role, principal.tenant.map(|(id, name)| (id, name.to_string())))
+                .ok_or(Denied::Unauthenticated { api, reason: "the key is not a dashboard key" })?;
+            return Ok(Viewer { tenant, csrf: None, credential: Credential::Key(key) });
         }
         let token = session_token(&parts.headers)
             .ok_or(Denied::Unauthenticated { api, reason: "sign in, or send a dashboard key as a bearer token" })?;
         session_viewer(meta, &token)
             .await
-            .map_err(Denied::Store)?
+            .map_err(|error| Denied::Store { api, error })?
             .ok_or(Denied::Unauthenticated { api, reason: "the session ended; sign in again" })
     }
 }
@@ -135,7 +168,7 @@ async fn session_viewer(meta: &Meta, token: &str) -> Result<Option<Viewer>, Stor
     let client = meta.pool().get().await?;
     let row = client
         .query_opt(
-            "SELECT k.tenant_id, t.name FROM dashboard_sessions s \
+            "SELECT k.role, k.tenant_id, t.name FROM dashboard_sessions s \
              JOIN api_keys k ON k.id = s.key_id AND k.revoked_at IS NULL \
              LEFT JOIN tenants t ON t.id = k.tenant_id \
              WHERE s.token_hash = $1 AND s.expires_at > now()",
@@ -143,11 +176,12 @@ async fn session_viewer(meta: &Meta, token: &str) -> Result<Option<Viewer>, Stor
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let tenant = match (row.get::<_, Option<i64>>(0), row.get::<_, Option<String>>(1)) {
+    let tenant = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<String>>(2)) {
         (Some(id), Some(name)) => Some((id, name)),
         _ => None,
     };
-    Ok(Some(Viewer { tenant, csrf: Some(csrf_of(token)) }))
+    let Some(tenant) = KeyRole::parse(row.get(0)).and_then(|role| scope(role, tenant)) else { return Ok(None) };
+    Ok(Some(Viewer { tenant, csrf: Some(csrf_of(token)), credential: Credential::Session(token.to_owned()) }))
 }
 
 pub(crate) async fn purge_sessions(meta: &Meta) -> Result<u64, StoreError> {

@@ -37,11 +37,14 @@ pub struct DashboardSettings {
     /// or a developer turns it off for plain HTTP on a host other than
     /// localhost).
     pub secure_cookie: bool,
+    /// How often an open live stream checks that its viewer's key or
+    /// session is still valid (and ends when it is not).
+    pub recheck: Duration,
 }
 
 impl Default for DashboardSettings {
     fn default() -> Self {
-        Self { session_lifetime: Duration::from_secs(12 * 3600), secure_cookie: true }
+        Self { session_lifetime: Duration::from_secs(12 * 3600), secure_cookie: true, recheck: Duration::from_secs(15) }
     }
 }
 

@@ -160,6 +160,22 @@ pub(crate) async fn events(
     State(dashboard): State<Dashboard>,
     viewer: Viewer,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // The stream ends when the viewer's key is revoked or the session is
+    // signed out or expires, checked every `recheck`.
+    let (meta, credential, recheck) =
+        (dashboard.inner.meta.clone(), viewer.credential.clone(), dashboard.inner.settings.recheck);
+    let ended = async move {
+        loop {
+            tokio::time::sleep(recheck).await;
+            match credential.still_valid(&meta).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %ferry_proto::error_chain(&e), "dashboard: cannot re-check a live viewer")
+                }
+            }
+        }
+    };
     let resync = || Some(Ok(Event::default().event("resync").data("{}")));
     let stream = BroadcastStream::new(dashboard.inner.live.tx.subscribe()).filter_map(move |item| match item {
         Ok(Update::App(event)) if viewer.sees(event.tenant_id) => {
@@ -169,6 +185,7 @@ pub(crate) async fn events(
         Ok(_) => None,
         Err(BroadcastStreamRecvError::Lagged(_)) => resync(),
     });
+    let stream = futures::StreamExt::take_until(stream, ended);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 

@@ -85,7 +85,8 @@ pub(crate) async fn overview(meta: &Meta, tenant: Option<i64>) -> Result<Overvie
            (SELECT count(*) FROM devices dv WHERE dv.app_id = a.id AND dv.version = r.version), \
            coalesce(rc.success, 0), coalesce(rc.failure, 0), coalesce(rc.rolled_back, 0), \
            (SELECT count(*) FROM alert_outbox o WHERE o.app_id = a.id AND o.status = 'pending'), \
-           (SELECT count(*) FROM alert_outbox o WHERE o.app_id = a.id AND o.status = 'failed') \
+           (SELECT count(*) FROM alert_outbox o WHERE o.app_id = a.id AND o.status = 'failed' \
+              AND o.created_at > now() - interval '7 days') \
          FROM apps a JOIN tenants t ON t.id = a.tenant_id \
          LEFT JOIN releases r ON r.id = a.deployed_release_id \
          LEFT JOIN LATERAL (SELECT deployed_at FROM deployments d WHERE d.app_id = a.id \
@@ -94,7 +95,7 @@ pub(crate) async fn overview(meta: &Meta, tenant: Option<i64>) -> Result<Overvie
                                    (sum(reports) FILTER (WHERE result = 'failure'))::bigint AS failure, \
                                    (sum(reports) FILTER (WHERE result = 'rolled_back'))::bigint AS rolled_back \
                             FROM report_counts c WHERE c.app_id = a.id AND c.to_version = r.version \
-                            AND c.hour >= date_trunc('hour', dep.deployed_at)) rc ON true \
+                            AND c.hour >= date_bin('1 hour', dep.deployed_at, TIMESTAMPTZ '2000-01-01 00:00:00+00')) rc ON true \
          WHERE $1::bigint IS NULL OR t.id = $1",
         deployed_at = ts("dep.deployed_at"),
     );
@@ -343,11 +344,16 @@ pub(crate) async fn app_status(meta: &Meta, tenant: &str, app: &str, at: &AppRef
     let counts = client
         .query(
             "SELECT to_version, extract(epoch FROM hour)::bigint, result, reports FROM report_counts \
-             WHERE app_id = $1 AND hour >= date_trunc('hour', now()) - make_interval(hours => $2) ORDER BY hour",
+             WHERE app_id = $1 AND hour >= date_bin('1 hour', now(), TIMESTAMPTZ '2000-01-01 00:00:00+00') - make_interval(hours => $2) ORDER BY hour",
             &[&id, &((CHART_HOURS - 1) as i32)],
         )
         .await?;
-    let now_hour = client.query_one("SELECT extract(epoch FROM date_trunc('hour', now()))::bigint", &[]).await?;
+    let now_hour = client
+        .query_one(
+            "SELECT extract(epoch FROM date_bin('1 hour', now(), TIMESTAMPTZ '2000-01-01 00:00:00+00'))::bigint",
+            &[],
+        )
+        .await?;
     let series = series(
         now_hour.get(0),
         counts.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, String>(2), r.get::<_, i64>(3))),

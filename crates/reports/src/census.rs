@@ -76,8 +76,10 @@ impl Census {
             let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|e| e.into_inner()));
             all.extend(taken);
         }
-        // One order for every writer: two gateways' batches never wait on
-        // each other's rows in opposite orders.
+        // Batches by app and device; the statement itself locks rows in the
+        // database's collation order (ORDER BY), the order the reports
+        // trigger uses too, so no two writers wait on each other's rows in
+        // opposite orders.
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -145,7 +147,8 @@ async fn write(meta: &Meta, batch: &[Sighting]) -> Result<(), StoreError> {
     client
         .execute(
             "INSERT INTO devices AS d (app_id, device_id, version, seen_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[]) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::timestamptz[]) AS s (a, d, v, t) \
+             ORDER BY a, d \
              ON CONFLICT (app_id, device_id) DO UPDATE SET version = EXCLUDED.version, seen_at = EXCLUDED.seen_at \
              WHERE d.seen_at <= EXCLUDED.seen_at",
             &[&apps, &devices, &versions, &times],

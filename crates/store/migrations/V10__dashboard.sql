@@ -21,7 +21,8 @@ CREATE TABLE dashboard_sessions (
 );
 CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
 
--- Reports counted per app, target version, hour and result: the charts and
+-- Reports counted per app, target version, UTC hour (whatever a session's
+-- TimeZone) and result: the charts and
 -- rollout failure rates read these, never the raw reports.
 CREATE TABLE report_counts (
     app_id      BIGINT NOT NULL REFERENCES apps (id),
@@ -57,7 +58,7 @@ CREATE FUNCTION ferry_reports_inserted() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO report_counts AS c (app_id, to_version, hour, result, reports)
-        SELECT app_id, to_version, date_trunc('hour', received_at), result, count(*)
+        SELECT app_id, to_version, date_bin('1 hour', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'), result, count(*)
         FROM new_reports GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (app_id, to_version, hour, result) DO UPDATE SET reports = c.reports + EXCLUDED.reports;
     INSERT INTO devices AS d (app_id, device_id, version, seen_at)
@@ -77,7 +78,7 @@ CREATE TRIGGER reports_inserted AFTER INSERT ON reports
 
 -- Reports stored before this migration.
 INSERT INTO report_counts (app_id, to_version, hour, result, reports)
-    SELECT app_id, to_version, date_trunc('hour', received_at), result, count(*)
+    SELECT app_id, to_version, date_bin('1 hour', received_at, TIMESTAMPTZ '2000-01-01 00:00:00+00'), result, count(*)
     FROM reports GROUP BY 1, 2, 3, 4;
 INSERT INTO devices (app_id, device_id, version, seen_at)
     SELECT DISTINCT ON (app_id, device_id) app_id, device_id, to_version, received_at

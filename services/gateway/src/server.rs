@@ -48,9 +48,13 @@ pub async fn serve(
     let http_server = ferry_net::serve_http(http, limits, crate::http::router(gateway), stopped(stop_rx));
 
     // The device census is written until the listeners stop, then once
-    // more, so a clean shutdown loses none of it.
+    // more after they have, so a clean shutdown loses none of it.
     let census = gateway_census.run_census(stopped(census_rx));
     let (grpc_result, http_result, ()) = tokio::join!(grpc_server, http_server, census);
+    // Checks answered during the shutdown grace came after that flush.
+    if let Err(e) = gateway_census.flush_census().await {
+        tracing::warn!(error = %ferry_proto::error_chain(&e), "device census: the last flush failed");
+    }
     grpc_result?;
     http_result?;
     Ok(())
