@@ -1,16 +1,6 @@
 -- The operator dashboard (S4-6): who may see it, their sessions, and what
 -- it reads, kept small enough to render at once over millions of reports.
 
--- Dashboard keys: `admin` sees every tenant and belongs to none; `operator`
--- sees its own tenant only. Gateways and the registry's gRPC API look keys
--- up joined to their tenant and by role, so neither kind opens them.
-ALTER TABLE api_keys DROP CONSTRAINT api_keys_role_check;
-ALTER TABLE api_keys ADD CONSTRAINT api_keys_role_check
-    CHECK (role IN ('agent', 'client', 'admin', 'operator'));
-ALTER TABLE api_keys ALTER COLUMN tenant_id DROP NOT NULL;
-ALTER TABLE api_keys ADD CONSTRAINT api_keys_admin_has_no_tenant
-    CHECK ((role = 'admin') = (tenant_id IS NULL));
-
 -- A signed-in browser. Only BLAKE3 of the cookie's token is stored; a
 -- revoked key ends its sessions (the lookup joins the live key).
 CREATE TABLE dashboard_sessions (
@@ -83,3 +73,15 @@ INSERT INTO report_counts (app_id, to_version, hour, result, reports)
 INSERT INTO devices (app_id, device_id, version, seen_at)
     SELECT DISTINCT ON (app_id, device_id) app_id, device_id, to_version, received_at
     FROM reports WHERE result = 'success' ORDER BY app_id, device_id, seq DESC;
+
+-- Dashboard keys: `admin` sees every tenant and belongs to none; `operator`
+-- sees its own tenant only. Gateways and the registry's gRPC API look keys
+-- up joined to their tenant and by role, so neither kind opens them. Last
+-- in this migration: the ACCESS EXCLUSIVE lock on api_keys is held from
+-- here to the commit only, not through the backfill above.
+ALTER TABLE api_keys DROP CONSTRAINT api_keys_role_check;
+ALTER TABLE api_keys ADD CONSTRAINT api_keys_role_check
+    CHECK (role IN ('agent', 'client', 'admin', 'operator'));
+ALTER TABLE api_keys ALTER COLUMN tenant_id DROP NOT NULL;
+ALTER TABLE api_keys ADD CONSTRAINT api_keys_admin_has_no_tenant
+    CHECK ((role = 'admin') = (tenant_id IS NULL));
