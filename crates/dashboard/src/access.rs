@@ -244,8 +244,7 @@ pub(crate) async fn signin(State(dashboard): State<Dashboard>, headers: HeaderMa
     if let Err(e) = stored.await {
         return crate::pages::PageError::from(e).into_response();
     }
-    let secure = if dashboard.inner.settings.secure_cookie { "; Secure" } else { "" };
-    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly{secure}; SameSite=Strict; Max-Age={}", lifetime.as_secs());
+    let cookie = session_cookie(&dashboard, &token, lifetime.as_secs());
     (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/".to_owned())]).into_response()
 }
 
@@ -272,9 +271,14 @@ pub(crate) async fn signout(State(dashboard): State<Dashboard>, headers: HeaderM
     if let Err(e) = deleted.await {
         return crate::pages::PageError::from(e).into_response();
     }
-    let secure = if dashboard.inner.settings.secure_cookie { "; Secure" } else { "" };
-    let cookie = format!("{COOKIE}=; Path=/; HttpOnly{secure}; SameSite=Strict; Max-Age=0");
+    let cookie = session_cookie(&dashboard, "", 0);
     (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/signin".to_owned())]).into_response()
+}
+
+/// The session cookie's `Set-Cookie` value (`max_age` 0 removes it).
+fn session_cookie(dashboard: &Dashboard, token: &str, max_age: u64) -> String {
+    let secure = if dashboard.inner.settings.secure_cookie { "; Secure" } else { "" };
+    format!("{COOKIE}={token}; Path=/; HttpOnly{secure}; SameSite=Strict; Max-Age={max_age}")
 }
 
 /// Headers every answer carries: nothing framed, sniffed, leaked in a

@@ -119,6 +119,10 @@ pub(crate) async fn overview_json(
 /// The app's status, or `404` when it does not exist or the viewer may not
 /// see its tenant (the same answer: an operator learns nothing of others).
 async fn visible_app(dashboard: &Dashboard, viewer: &Viewer, tenant: &str, app: &str) -> Result<AppStatus, PageError> {
+    // A name that cannot exist is not looked up.
+    if ferry_release::Name::parse("tenant", tenant).is_err() || ferry_release::Name::parse("app", app).is_err() {
+        return Err(PageError::not_found());
+    }
     let meta = &dashboard.inner.meta;
     match status::find_app(meta, tenant, app).await? {
         Some(found) if viewer.sees(found.tenant_id) => Ok(status::app_status(meta, tenant, app, &found).await?),
