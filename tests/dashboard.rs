@@ -6,50 +6,14 @@
 use std::time::Duration;
 
 use fantoccini::Locator;
-use ferry_dashboard::{Dashboard, DashboardSettings, Live};
-use ferry_e2e::{GatewayHandle, Release, Stack, publish_to};
+use ferry_dashboard::DashboardSettings;
+use ferry_e2e::{DashboardHandle, GatewayHandle, Release, Stack, publish_to};
 use ferry_gateway::{Gateway, GatewayConfig};
 use ferry_release::Name;
 use ferry_store::KeyRole;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-/// The dashboard served in-process on its own port-0 listener.
-struct DashboardHandle {
-    /// `http://localhost:PORT`: browsers keep `Secure` cookies for
-    /// localhost over plain HTTP.
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for DashboardHandle {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn serve_dashboard(stack: &Stack) -> DashboardHandle {
-    let live = Live::listen(&stack.database_url, stack.meta.clone()).await.unwrap();
-    // Open live streams re-check their viewer often, so a test sees a
-    // revocation end one at once.
-    let settings = DashboardSettings { recheck: Duration::from_millis(200), ..DashboardSettings::default() };
-    let dashboard = Dashboard::new(stack.meta.clone(), live, settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://localhost:{}", listener.local_addr().unwrap().port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        ferry_registry::serve_dashboard(dashboard, listener, ferry_net::Limits::default(), async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("dashboard serves");
-    });
-    DashboardHandle { url, stop: Some(stop) }
-}
 
 struct Env {
     stack: Stack,
@@ -81,7 +45,11 @@ async fn env() -> Env {
     let admin_key = stack.meta.issue_admin_key().await.unwrap().token();
     let globex_name = Name::parse("tenant", "globex").unwrap();
     let globex_operator = stack.meta.issue_key(&globex_name, KeyRole::Operator).await.unwrap().token();
-    let dash = serve_dashboard(&stack).await;
+    // Open live streams re-check their viewer often, so a test sees a
+    // revocation end one at once.
+    let dash = stack
+        .serve_dashboard(DashboardSettings { recheck: Duration::from_millis(200), ..DashboardSettings::default() })
+        .await;
     Env { stack, gw, dash, client_key, admin_key, globex_operator }
 }
 

@@ -23,6 +23,22 @@ pub struct Stack {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// The operator dashboard served in-process; stops when dropped.
+pub struct DashboardHandle {
+    /// `http://localhost:PORT`: browsers keep `Secure` cookies for
+    /// localhost over plain HTTP.
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for DashboardHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A gateway serving HTTP and gRPC in-process, following the stack's
 /// database for changes.
 pub struct GatewayHandle {
@@ -143,6 +159,24 @@ impl Stack {
             .expect("gateway serves");
         });
         GatewayHandle { gateway, http: http_url, grpc: grpc_url, stop: Some(stop) }
+    }
+
+    /// Serves the operator dashboard in-process on a port-0 listener,
+    /// listening to this stack's database for live events.
+    pub async fn serve_dashboard(&self, settings: ferry_dashboard::DashboardSettings) -> DashboardHandle {
+        let live = ferry_dashboard::Live::listen(&self.database_url, self.meta.clone()).await.expect("listen");
+        let dashboard = ferry_dashboard::Dashboard::new(self.meta.clone(), live, settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            ferry_registry::serve_dashboard(dashboard, listener, ferry_net::Limits::default(), async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("dashboard serves");
+        });
+        DashboardHandle { url, stop: Some(stop) }
     }
 
     /// Issues another agent key for `tenant`.

@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, ensure};
-use ferry_dashboard::{Dashboard, DashboardSettings, Live};
+use anyhow::ensure;
+use ferry_dashboard::DashboardSettings;
 use ferry_e2e::Stack;
 use serde::{Deserialize, Serialize};
 
@@ -40,15 +40,8 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
     fill(&stack, tenants, reports).await?;
     let load_seconds = load.elapsed().as_secs_f64();
 
-    let live = Live::listen(&stack.database_url, stack.meta.clone()).await?;
-    let dashboard = Dashboard::new(stack.meta.clone(), live, DashboardSettings::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        tokio::spawn(ferry_registry::serve_dashboard(dashboard, listener, ferry_net::Limits::default(), async {
-            let _ = stopped.await;
-        }));
+    let dashboard = stack.serve_dashboard(DashboardSettings::default()).await;
+    let url = dashboard.url.clone();
     let admin = stack.meta.issue_admin_key().await?.token();
     let http = ferry_testkit::http();
     let fetch = |path: String| {
@@ -93,8 +86,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
     let devices: i64 = client.query_one("SELECT count(*) FROM devices", &[]).await?.get(0);
     let postgres: String = client.query_one("SHOW server_version", &[]).await?.get(0);
     drop(client);
-    let _ = stop.send(());
-    server.await?.context("dashboard server")?;
+    drop(dashboard);
     Ok(Figures {
         tenants,
         reports,
