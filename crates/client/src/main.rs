@@ -116,7 +116,7 @@ fn parse_outcome(s: &str) -> Result<Outcome, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = ferry_config::parse();
     ferry_telemetry::run_main("ferry-client", "info", Box::pin(run(cli))).await
 }
 

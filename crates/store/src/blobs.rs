@@ -81,10 +81,27 @@ pub struct Blobs {
 impl Blobs {
     /// A handle from the AWS SDK's standard environment (`AWS_ENDPOINT_URL_S3`,
     /// `AWS_REGION`, the credentials chain, ...).
-    pub async fn from_env(bucket: impl Into<String>, force_path_style: bool) -> Self {
-        let shared = aws_config::load_from_env().await;
+    ///
+    /// `AWS_ACCESS_KEY_ID_FILE` and `AWS_SECRET_ACCESS_KEY_FILE` (files
+    /// holding the keys, as Kubernetes and Compose mount secrets) take the
+    /// place of the SDK's credential chain when set; the error names a
+    /// variable that is set wrong.
+    pub async fn from_env(bucket: impl Into<String>, force_path_style: bool) -> Result<Self, String> {
+        let mut loader = aws_config::from_env();
+        let id = ferry_config::secret("AWS_ACCESS_KEY_ID")?;
+        let secret = ferry_config::secret("AWS_SECRET_ACCESS_KEY")?;
+        let from_files =
+            ["AWS_ACCESS_KEY_ID_FILE", "AWS_SECRET_ACCESS_KEY_FILE"].map(|v| std::env::var_os(v).is_some());
+        if from_files.contains(&true) {
+            let (Some(id), Some(secret)) = (id, secret) else {
+                return Err("AWS_ACCESS_KEY_ID(_FILE) and AWS_SECRET_ACCESS_KEY(_FILE) must be set together".into());
+            };
+            let session = ferry_config::secret("AWS_SESSION_TOKEN")?;
+            loader = loader.credentials_provider(Credentials::new(id, secret, session, None, "ferry-files"));
+        }
+        let shared = loader.load().await;
         let client = Client::from_conf(portable(aws_sdk_s3::config::Builder::from(&shared), force_path_style).build());
-        Self { client, bucket: bucket.into(), credentials: shared.credentials_provider(), signing: Arc::default() }
+        Ok(Self { client, bucket: bucket.into(), credentials: shared.credentials_provider(), signing: Arc::default() })
     }
 
     /// A handle from explicit settings (tests, tools).

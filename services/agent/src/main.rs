@@ -70,7 +70,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = ferry_config::parse();
     ferry_telemetry::run_main("ferry-agent", "warn", Box::pin(run(cli.command))).await
 }
 

@@ -23,7 +23,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = ferry_config::parse();
     ferry_telemetry::run_main("ferry-gateway", "info", Box::pin(run(cli.command))).await
 }
 
@@ -39,7 +39,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(config) => {
             let tunables = config.gateway_config()?;
             let meta = ferry_store::connect(&config.database_url, config.db_max_connections)?;
-            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
+            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await.map_err(anyhow::Error::msg)?;
             let changes = ferry_store::listen(&config.database_url)?;
             // Reports get connections of their own: ingestion never waits
             // for (or holds up) the connections checks read with.

@@ -34,7 +34,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = ferry_config::parse();
     ferry_telemetry::run_main("ferry-registry", "info", Box::pin(run(cli.command))).await
 }
 
@@ -45,7 +45,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let tls = config.tls()?;
             let meta = ferry_store::connect(&config.database.database_url, config.database.db_max_connections)?;
             meta.migrate().await?;
-            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
+            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await.map_err(anyhow::Error::msg)?;
             if let Err(e) = blobs.ping().await {
                 tracing::warn!(bucket = %config.s3_bucket, error = %ferry_proto::error_chain(&e), "s3 bucket is not reachable yet; serving anyway");
             }
@@ -93,7 +93,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gc(config) => {
             let meta = ferry_store::connect(&config.database.database_url, 2)?;
             meta.migrate().await?;
-            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await;
+            let blobs = Blobs::from_env(&config.s3_bucket, config.s3_path_style).await.map_err(anyhow::Error::msg)?;
             let grace = std::time::Duration::from_secs(config.gc_grace_seconds);
             let report = ferry_store::collect_garbage(&meta, &blobs, grace).await?;
             report_line(&report.to_string());
