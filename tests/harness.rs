@@ -20,6 +20,10 @@ pub struct Stack {
     pub database_url: String,
     pub addr: SocketAddr,
     pub url: String,
+    /// The registry's ops listener (`/healthz`, `/readyz`, `/metrics`).
+    pub ops: String,
+    /// The registry being served (its lifecycle, its metrics).
+    pub registry: Registry,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -88,14 +92,23 @@ impl Stack {
         let url = format!("{scheme}:{}", addr.port());
         let (stop, stopped) = oneshot::channel::<()>();
         let registry = Registry::with_settings(meta.clone(), blobs.clone(), settings);
+        let ops_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ops = format!("http://{}", ops_listener.local_addr().expect("addr"));
+        let limits = registry.settings().listener;
+        let (served, lifecycle) = (registry.clone(), registry.lifecycle().clone());
         tokio::spawn(async move {
-            ferry_registry::serve(registry, listener, tls, async {
+            let stopping = lifecycle.stopping();
+            let ops = ferry_registry::serve_ops(served.clone(), ops_listener, limits, lifecycle.stopping());
+            let grpc = ferry_registry::serve(served, listener, tls, async {
                 let _ = stopped.await;
-            })
-            .await
-            .expect("registry serves");
+                lifecycle.stop();
+            });
+            let (ops, grpc) = tokio::join!(ops, grpc);
+            drop(stopping);
+            grpc.expect("registry serves");
+            ops.expect("ops listener serves");
         });
-        Stack { s3, meta, blobs, database_url, addr, url, stop: Some(stop) }
+        Stack { s3, meta, blobs, database_url, addr, url, ops, registry, stop: Some(stop) }
     }
 
     /// Starts a gateway on this stack's database and bucket; returns once

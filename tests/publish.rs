@@ -507,3 +507,54 @@ async fn many_concurrent_commits_with_deploy_never_deadlock() {
         client.query_one("SELECT count(*) FROM deployments WHERE app_id = $1", &[&app_id]).await.unwrap().get(0);
     assert_eq!(count, 60);
 }
+
+/// The registry's ops listener: `/metrics` counts calls by outcome, bytes
+/// received against bytes the tenant already held, and S3 latencies;
+/// `/readyz` turns 503 once the registry drains, while `/healthz` stays 200.
+#[tokio::test]
+async fn ops_listener_reports_calls_bytes_and_readiness() {
+    let stack = Stack::start().await;
+    let token = stack.tenant("acme").await;
+    let release = Release::new(400_000, 3);
+    let first = stack.publish(&token, "acme", "1.0.0", &release.artifacts()).await.unwrap();
+    std::fs::write(&release.api, br#"{"openapi":"3.1.0","v":2}"#).unwrap();
+    let second = stack.publish(&token, "acme", "1.1.0", &release.artifacts()).await.unwrap();
+    assert!(second.bytes_sent < second.bytes_total, "the second publish reuses chunks");
+
+    let http = ferry_testkit::http();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{}{path}", stack.ops));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, metrics) = get("/metrics").await;
+    assert_eq!(status, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value(r#"ferry_registry_requests_total{call="commit_release",code="Ok"}"#), 2.0);
+    assert_eq!(value(r#"ferry_registry_requests_total{call="prepare_release",code="Ok"}"#), 2.0);
+    assert_eq!(value("ferry_registry_bytes_received_total"), (first.bytes_sent + second.bytes_sent) as f64);
+    assert_eq!(value("ferry_registry_bytes_reused_total"), (second.bytes_total - second.bytes_sent) as f64);
+    assert_eq!(value(r#"ferry_registry_request_duration_seconds_count{call="upload_chunks"}"#), 2.0);
+    assert!(value(r#"ferry_registry_dependency_duration_seconds_count{dependency="s3",operation="put_object"}"#) > 0.0);
+    assert_eq!(value("ferry_ready"), 1.0);
+    assert_eq!(get("/readyz").await.0, 200);
+
+    stack.registry.lifecycle().start_draining();
+    let (status, why) = get("/readyz").await;
+    assert_eq!((status, why.as_str()), (503, "not ready: shutting down"));
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(value_in(&get("/metrics").await.1, "ferry_ready"), 0.0);
+}
+
+fn value_in(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).unwrap().parse().unwrap()
+}

@@ -17,11 +17,13 @@
 
 mod guarded;
 mod http;
+mod lifecycle;
 
 use std::time::Duration;
 
 pub use guarded::{ConnInfo, Guarded, MarkRequests, incoming};
 pub use http::serve_http;
+pub use lifecycle::Lifecycle;
 
 /// Runs `server` (which begins its own graceful shutdown when `stopping`
 /// completes) and, once `stopping` completes, gives it at most `grace` to
@@ -111,6 +113,15 @@ pub struct ListenerArgs {
     /// Connections served at once per listener; more wait in the backlog.
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Seconds between SIGTERM and closing the listeners, during which the
+    /// service reports not ready but keeps serving (a second signal ends
+    /// the drain at once).
+    #[arg(long, env = "FERRY_DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
+    /// Seconds requests and streams in progress get to finish once the
+    /// listeners are closed; then their connections are closed.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl ListenerArgs {
@@ -120,9 +131,18 @@ impl ListenerArgs {
             header_timeout: Duration::from_secs(self.header_timeout_seconds),
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             max_connections: self.max_connections,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             ..Limits::default()
         };
         limits.validate()?;
+        if self.drain_seconds > 3600 {
+            return Err(format!("FERRY_DRAIN_SECONDS must be at most 3600, got {}", self.drain_seconds));
+        }
         Ok(limits)
+    }
+
+    /// How long the service keeps serving, not ready, after SIGTERM.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
     }
 }

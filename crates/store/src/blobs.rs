@@ -10,7 +10,7 @@
 //! the same code works against AWS S3, MinIO, Garage and Ceph.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::ProvideCredentials;
@@ -145,7 +145,10 @@ impl Blobs {
 
     /// Checks the bucket is reachable with these credentials.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(|e| s3_error("head bucket", e))?;
+        let started = Instant::now();
+        let sent = self.client.head_bucket().bucket(&self.bucket).send().await;
+        crate::metrics::took("s3", "head_bucket", started);
+        sent.map_err(|e| s3_error("head bucket", e))?;
         Ok(())
     }
 
@@ -155,6 +158,7 @@ impl Blobs {
 
     pub async fn get_chunk(&self, hash: &Hash) -> Result<Bytes, StoreError> {
         let key = chunk_key(hash);
+        let started = Instant::now();
         let out = self
             .client
             .get_object()
@@ -164,6 +168,7 @@ impl Blobs {
             .await
             .map_err(|e| s3_error("get chunk", e))?;
         let data = out.body.collect().await.map_err(|e| StoreError::Unavailable { what: "s3", source: Box::new(e) })?;
+        crate::metrics::took("s3", "get_object", started);
         let data = data.into_bytes();
         if blake3::hash(&data) != *hash {
             return Err(StoreError::Integrity(format!("stored chunk {key} does not match its hash")));
@@ -235,6 +240,7 @@ impl Blobs {
                 }
                 if part.len() >= PART_SIZE || (next.is_none() && !part.is_empty()) {
                     let number = parts.len() as i32 + 1;
+                    let started = Instant::now();
                     let out = self
                         .client
                         .upload_part()
@@ -246,6 +252,7 @@ impl Blobs {
                         .send()
                         .await
                         .map_err(|e| s3_error("upload part", e))?;
+                    crate::metrics::took("s3", "upload_part", started);
                     parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build());
                 }
                 if next.is_none() {
@@ -402,15 +409,18 @@ impl Blobs {
     }
 
     async fn put(&self, key: String, data: Bytes) -> Result<(), StoreError> {
-        self.client
+        let started = Instant::now();
+        let sent = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_length(data.len() as i64)
             .body(ByteStream::from(data))
             .send()
-            .await
-            .map_err(|e| s3_error("put object", e))?;
+            .await;
+        crate::metrics::took("s3", "put_object", started);
+        sent.map_err(|e| s3_error("put object", e))?;
         Ok(())
     }
 }
@@ -439,7 +449,7 @@ fn s3_error<E>(what: &'static str, err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match &err {
+    let error = match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             StoreError::Unavailable { what: "s3", source: Box::new(err) }
         }
@@ -455,7 +465,11 @@ where
             }
         }
         _ => StoreError::Backend { what, source: Box::new(err) },
+    };
+    if !matches!(error, StoreError::NotFound(_)) {
+        crate::metrics::failed("s3");
     }
+    error
 }
 
 #[cfg(test)]

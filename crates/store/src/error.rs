@@ -62,6 +62,7 @@ impl From<tokio_postgres::Error> for StoreError {
             let c = c.code();
             c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57P0")
         });
+        crate::metrics::failed("postgresql");
         if e.is_closed() || io || transient {
             StoreError::Unavailable { what: "postgresql", source: Box::new(e) }
         } else {
@@ -72,6 +73,7 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
+        crate::metrics::failed("postgresql");
         StoreError::Unavailable { what: "postgresql", source: Box::new(e) }
     }
 }

@@ -10,6 +10,7 @@ mod error;
 mod gc;
 mod keys;
 mod meta;
+pub mod metrics;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
 pub use changes::{Change, Notice, listen, listen_channel};

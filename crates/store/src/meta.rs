@@ -195,7 +195,9 @@ impl Meta {
 
     /// Checks the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         self.pool.get().await?.simple_query("SELECT 1").await?;
+        crate::metrics::took("postgresql", "ping", started);
         Ok(())
     }
 

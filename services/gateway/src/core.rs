@@ -150,6 +150,8 @@ struct Inner {
     applied: tokio::sync::broadcast::Sender<Change>,
     /// Open watches' deployments (push notices).
     hub: Arc<Hub>,
+    /// Serving, draining or stopping: what readiness reports.
+    lifecycle: ferry_net::Lifecycle,
 }
 
 /// What a file list depends on: content ids (manifests without their
@@ -285,6 +287,7 @@ impl Gateway {
                 metrics: Metrics::default(),
                 applied: tokio::sync::broadcast::channel(64).0,
                 hub,
+                lifecycle: ferry_net::Lifecycle::new(),
             }),
         }
     }
@@ -295,6 +298,11 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Serving, draining or stopping: what readiness reports.
+    pub fn lifecycle(&self) -> &ferry_net::Lifecycle {
+        &self.inner.lifecycle
     }
 
     /// Writes which version devices run every `config.device_flush` until
@@ -361,6 +369,9 @@ impl Gateway {
 
     /// Checks the database and S3 answer.
     pub async fn ready(&self) -> Result<(), String> {
+        if !self.inner.lifecycle.is_ready() {
+            return Err("shutting down".into());
+        }
         let check = async {
             self.inner.meta.ping().await.map_err(|e| format!("postgresql: {e}"))?;
             self.inner.blobs.ping().await.map_err(|e| format!("s3: {e}"))

@@ -154,7 +154,10 @@ impl pb::gateway_server::Gateway for Gateway {
             want: non_empty(req.want),
             have: non_empty(req.have),
         };
-        match Gateway::check(self, &params).await {
+        let started = std::time::Instant::now();
+        let result = Gateway::check(self, &params).await;
+        self.metrics().took("grpc", "check", started);
+        match result {
             Ok(answer) => {
                 self.metrics().request("grpc", "check", "ok");
                 Ok(Response::new(answer.into()))
@@ -181,7 +184,10 @@ impl pb::gateway_server::Gateway for Gateway {
             duration_ms: req.duration_ms,
             platform: non_empty(req.platform),
         };
-        match self.report(&caller, &input).await {
+        let started = std::time::Instant::now();
+        let result = self.report(&caller, &input).await;
+        self.metrics().took("grpc", "reports", started);
+        match result {
             Ok(accepted) => {
                 self.metrics().request("grpc", "reports", "ok");
                 Ok(Response::new(pb::SubmitReportResponse {
@@ -198,7 +204,10 @@ impl pb::gateway_server::Gateway for Gateway {
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let (caller, req) = caller(request);
-        match self.versions(&caller, &Some(req.tenant), &Some(req.app)).await {
+        let started = std::time::Instant::now();
+        let result = self.versions(&caller, &Some(req.tenant), &Some(req.app)).await;
+        self.metrics().took("grpc", "versions", started);
+        match result {
             Ok(list) => {
                 self.metrics().request("grpc", "versions", "ok");
                 Ok(Response::new(list.into()))

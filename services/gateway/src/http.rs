@@ -85,7 +85,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/v1/check", get(check))
         .route("/v1/versions", get(versions))
         .route("/v1/reports", post(reports))
-        .route("/v1/watch", get(watch));
+        .route("/v1/watch", get(watch))
+        .route_layer(axum::middleware::from_fn_with_state(gateway.clone(), timed));
     // Browsers may call the API from the configured origins; the
     // operational endpoints stay same-origin.
     let api = match gateway.config().cors.layer() {
@@ -340,6 +341,26 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
+/// Times the API's answers by route (watches last as long as the client
+/// stays: not timed).
+async fn timed(
+    State(gateway): State<Gateway>,
+    route: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let call = match route.as_str() {
+        "/v1/check" => "check",
+        "/v1/versions" => "versions",
+        "/v1/reports" => "reports",
+        _ => return next.run(request).await,
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    gateway.metrics().took("http", call, started);
+    response
+}
+
 async fn ready(State(gateway): State<Gateway>) -> Response {
     match gateway.ready().await {
         Ok(()) => "ready".into_response(),
@@ -348,7 +369,8 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
 }
 
 async fn metrics(State(gateway): State<Gateway>) -> Response {
-    let body = gateway.metrics().render();
+    let ready = gateway.ready().await.is_ok();
+    let body = gateway.metrics().render(ready);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 

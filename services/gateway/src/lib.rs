@@ -10,6 +10,7 @@ pub mod cors;
 mod error;
 mod grpc;
 mod http;
+mod launch;
 mod limits;
 mod metrics;
 mod model;
@@ -21,6 +22,7 @@ mod watch;
 pub use crate::core::{Caller, CheckParams, Clock, DEVICE_FAILURE_TTL, Gateway, GatewayConfig};
 pub use error::GatewayError;
 pub use http::{openapi_json, router};
+pub use launch::run_serve;
 pub use limits::Rate;
 pub use metrics::Metrics;
 pub use model::{

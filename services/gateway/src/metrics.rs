@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +23,12 @@ struct ReportLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    api: &'static str,
+    call: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     api: &'static str,
     call: &'static str,
@@ -36,13 +43,20 @@ pub struct Metrics {
     reports: Family<ReportLabels, Counter>,
     watches: Gauge,
     loads: Family<CacheLabels, Counter>,
+    durations: Family<CallLabels, Histogram, fn() -> Histogram>,
+    ready: Gauge,
     /// The busiest series, resolved once: no label lookup on the hot path.
     http_check_ok: Counter,
+    http_check_duration: Histogram,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("ferry_gateway");
+        let mut root = Registry::default();
+        let ready = Gauge::default();
+        // One name for every service's readiness.
+        root.register("ferry_ready", "1 while the service takes new work (what /readyz answers)", ready.clone());
+        let registry = root.sub_registry_with_prefix("ferry_gateway");
         let shed = Family::<ShedLabels, Counter>::default();
         registry.register("requests_shed", "Requests refused by a rate limit (429), by limit scope", shed.clone());
         let requests = Family::<RequestLabels, Counter>::default();
@@ -57,9 +71,29 @@ impl Default for Metrics {
         );
         let watches = Gauge::default();
         registry.register("watches_open", "Watches (push-notice streams) open now", watches.clone());
+        let durations: Family<CallLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(ferry_store::metrics::LATENCY_BUCKETS));
+        registry.register(
+            "request_duration_seconds",
+            "Time taken to answer requests (not watches), by API and call",
+            durations.clone(),
+        );
+        ferry_store::metrics::register(registry);
         let http_check_ok =
             requests.get_or_create(&RequestLabels { api: "http", call: "check", outcome: "ok" }).clone();
-        Self { registry, shed, requests, reports, watches, loads, http_check_ok }
+        let http_check_duration = durations.get_or_create(&CallLabels { api: "http", call: "check" }).clone();
+        Self {
+            registry: root,
+            shed,
+            requests,
+            reports,
+            watches,
+            loads,
+            durations,
+            ready,
+            http_check_ok,
+            http_check_duration,
+        }
     }
 }
 
@@ -80,6 +114,16 @@ impl Metrics {
         }
     }
 
+    /// Records how long a request that began at `started` took.
+    pub(crate) fn took(&self, api: &'static str, call: &'static str, started: std::time::Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        if (api, call) == ("http", "check") {
+            self.http_check_duration.observe(seconds);
+        } else {
+            self.durations.get_or_create(&CallLabels { api, call }).observe(seconds);
+        }
+    }
+
     pub(crate) fn cache_load(&self, cache: &'static str) {
         self.loads.get_or_create(&CacheLabels { cache }).inc();
     }
@@ -92,8 +136,9 @@ impl Metrics {
         self.watches.dec();
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
+    /// The text exposition format; `ready` is the readiness now.
+    pub fn render(&self, ready: bool) -> String {
+        self.ready.set(i64::from(ready));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out

@@ -26,6 +26,13 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<Gateway>>().await;
+    // Draining: probes and load balancers see NOT_SERVING while calls are
+    // still answered.
+    let draining = gateway.lifecycle().clone();
+    let health_task = tokio::spawn(async move {
+        draining.draining().await;
+        health.set_not_serving::<GatewayServer<Gateway>>().await;
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -55,6 +62,7 @@ pub async fn serve(
     if let Err(e) = gateway_census.flush_census().await {
         tracing::warn!(error = %ferry_proto::error_chain(&e), "device census: the last flush failed");
     }
+    health_task.abort();
     grpc_result?;
     http_result?;
     Ok(())

@@ -33,6 +33,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Plain-HTTP ops listener: `/healthz`, `/readyz`, `/metrics`.
+    #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    pub metrics_listen: SocketAddr,
+
     /// Bucket holding chunks and assembled files.
     #[arg(long, env = "FERRY_S3_BUCKET")]
     pub s3_bucket: String,

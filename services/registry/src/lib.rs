@@ -8,9 +8,14 @@ mod auth;
 pub mod config;
 mod dashboard;
 mod error;
+mod launch;
+pub mod metrics;
+mod ops;
 mod server;
 mod service;
 
 pub use dashboard::serve_dashboard;
+pub use launch::run_serve;
+pub use ops::{router as ops_router, serve_ops};
 pub use server::{Tls, serve};
 pub use service::{MAX_RELEASE_FILES, Registry, RegistrySettings};

@@ -31,7 +31,14 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<Registry>>().await;
     // Background work, stopped when serving ends.
-    let mut background = vec![tokio::spawn(watch_dependencies(registry.clone(), health))];
+    let mut background = vec![tokio::spawn(watch_dependencies(registry.clone(), health.clone()))];
+    // Draining: probes and load balancers see NOT_SERVING while calls
+    // are still answered.
+    let draining = registry.lifecycle().clone();
+    background.push(tokio::spawn(async move {
+        draining.draining().await;
+        health.set_not_serving::<RegistryServer<Registry>>().await;
+    }));
 
     let limits = registry.settings().listener;
     if let Some(interval) = registry.settings().gc_interval {
@@ -114,6 +121,7 @@ async fn watch_dependencies(registry: Registry, health: tonic_health::server::He
             registry.blobs().ping().await
         };
         match check.await {
+            _ if !registry.lifecycle().is_ready() => return,
             Ok(()) if !healthy => {
                 tracing::info!("dependencies are back; serving");
                 health.set_serving::<RegistryServer<Registry>>().await;

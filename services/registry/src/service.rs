@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::time::Instant;
 
 use bytes::Bytes;
 use ferry_proto::registry::v1 as pb;
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info};
 
 use crate::error::RegistryError;
+use crate::metrics::Metrics;
 
 /// Chunks stored concurrently per upload stream.
 const STORE_CONCURRENCY: usize = 8;
@@ -66,6 +68,8 @@ pub struct Registry {
     blobs: Blobs,
     keys: ferry_auth::Keys,
     settings: RegistrySettings,
+    metrics: std::sync::Arc<Metrics>,
+    lifecycle: ferry_net::Lifecycle,
 }
 
 impl Registry {
@@ -76,7 +80,31 @@ impl Registry {
 
     pub fn with_settings(meta: Meta, blobs: Blobs, settings: RegistrySettings) -> Self {
         let keys = ferry_auth::Keys::new(meta.clone(), settings.auth);
-        Self { meta, blobs, keys, settings }
+        Self { meta, blobs, keys, settings, metrics: Default::default(), lifecycle: ferry_net::Lifecycle::new() }
+    }
+
+    /// Serving, draining or stopping: what readiness reports.
+    pub fn lifecycle(&self) -> &ferry_net::Lifecycle {
+        &self.lifecycle
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether this replica should take new work: not draining, and
+    /// PostgreSQL and S3 answer (within 3 seconds); else why not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if !self.lifecycle.is_ready() {
+            return Err("shutting down".into());
+        }
+        let check = async {
+            self.meta.ping().await.map_err(|e| format!("postgresql: {e}"))?;
+            self.blobs.ping().await.map_err(|e| format!("s3: {e}"))
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(3), check)
+            .await
+            .map_err(|_| "postgresql or s3 did not answer within 3 s".to_owned())?
     }
 
     pub fn settings(&self) -> &RegistrySettings {
@@ -170,6 +198,9 @@ impl Registry {
         self.meta.save_manifest(auth.tenant_id, &ferry_store::SavedManifest::of(&manifest, &req.manifest)).await?;
         let chunks: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
         let held = self.meta.tenant_chunks(auth.tenant_id, &chunks).await?;
+        let reused: u64 =
+            manifest.unique_chunks().iter().filter(|c| held.contains(&c.hash)).map(|c| u64::from(c.len)).sum();
+        self.metrics.reused(reused);
         let missing: Vec<Vec<u8>> =
             chunks.iter().filter(|h| !held.contains(*h)).map(|h| h.as_bytes().to_vec()).collect();
         info!(%version, manifest = %id, chunks = chunks.len(), missing = missing.len(), "release prepared");
@@ -215,6 +246,7 @@ impl Registry {
                 for chunk in message.chunks {
                     let (hash, data) = verify_chunk(chunk)?;
                     let len = data.len() as u64;
+                    self.metrics.received(len);
                     let this = self.clone();
                     in_flight.push(tokio::spawn(async move {
                         this.store_chunk(auth.tenant_id, hash, data).await.map(|new| (new, len))
@@ -417,47 +449,59 @@ impl pb::registry_server::Registry for Registry {
         &self,
         request: Request<pb::PrepareReleaseRequest>,
     ) -> Result<Response<pb::PrepareReleaseResponse>, Status> {
+        let started = Instant::now();
         let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("prepare_release", tenant = %req.tenant, app = %req.app);
-        async {
+        let result = async {
             let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(self.prepare(&auth, req).await?))
         }
         .instrument(span)
         .await
-        .map_err(|e: RegistryError| e.into())
+        .map_err(|e: RegistryError| e.into());
+        self.metrics.call("prepare_release", started, &result);
+        result
     }
 
     async fn upload_chunks(&self, request: Request<Streaming<pb::UploadChunksRequest>>) -> UploadResult {
+        let started = Instant::now();
         let (metadata, extensions, stream) = request.into_parts();
         let fut: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(self.upload(&extensions, &metadata, stream));
-        fut.instrument(tracing::info_span!("upload_chunks")).await.map(Response::new).map_err(Into::into)
+        let result = fut.instrument(tracing::info_span!("upload_chunks")).await.map(Response::new).map_err(Into::into);
+        self.metrics.call("upload_chunks", started, &result);
+        result
     }
 
     async fn commit_release(
         &self,
         request: Request<pb::CommitReleaseRequest>,
     ) -> Result<Response<pb::CommitReleaseResponse>, Status> {
+        let started = Instant::now();
         let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("commit_release", tenant = %req.tenant, app = %req.app);
-        async {
+        let result = async {
             let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(self.commit(&auth, req).await?))
         }
         .instrument(span)
         .await
-        .map_err(|e: RegistryError| e.into())
+        .map_err(|e: RegistryError| e.into());
+        self.metrics.call("commit_release", started, &result);
+        result
     }
 
     async fn deploy(&self, request: Request<pb::DeployRequest>) -> Result<Response<pb::DeployResponse>, Status> {
+        let started = Instant::now();
         let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("deploy", tenant = %req.tenant, app = %req.app, version = %req.version);
-        async {
+        let result = async {
             let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(Registry::deploy(self, &auth, req).await?))
         }
         .instrument(span)
         .await
-        .map_err(|e: RegistryError| e.into())
+        .map_err(|e: RegistryError| e.into());
+        self.metrics.call("deploy", started, &result);
+        result
     }
 }
