@@ -2,6 +2,7 @@
 //! releases published by the agent through the registry, answered by the
 //! gateway over real HTTP and gRPC, downloaded from the real S3 server.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferry_e2e::{GatewayHandle, Release, Stack, noise, publish_to};
@@ -714,4 +715,87 @@ async fn urls_signed_with_short_lived_credentials_are_renewed_in_time() {
             ferry_testkit::http().get(file["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
         assert_eq!(blake3::hash(&bytes).to_hex().as_str(), file["blake3"].as_str().unwrap());
     }
+}
+
+/// With `FERRY_REDIS_URL`, three gateway replicas share one limit: a
+/// tenant allowed a burst of 4 gets 4 answers in all, not 4 from each
+/// (which is what three replicas without it allow); devices too. When the
+/// store goes away, each replica falls back to its own limits: requests
+/// are still answered or refused with 429, never failed.
+#[tokio::test]
+async fn three_gateways_share_limits_through_redis() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    stack.meta.set_limit(&Name::parse("tenant", "acme").unwrap(), 0.001, 4).await.unwrap();
+    let key = stack.client_key("acme").await;
+    let mut redis = ferry_testkit::RedisServer::start().unwrap();
+    let replicas = |shared: bool| {
+        let config = GatewayConfig {
+            device_rate: Rate { per_second: 0.001, burst: 2 },
+            shared_limits: shared.then(|| Arc::new(ferry_gateway::SharedLimits::new(&redis.url).unwrap())),
+            ..GatewayConfig::default()
+        };
+        let stack = &stack;
+        async move {
+            let mut gws = Vec::new();
+            for _ in 0..3 {
+                gws.push(stack.gateway(config.clone()).await);
+            }
+            gws
+        }
+    };
+    let round_robin = async |gws: &[GatewayHandle], n: usize, device: Option<&str>| {
+        let q = [("tenant", "acme"), ("app", "crm"), ("version", "2.0.0")];
+        let mut statuses = Vec::new();
+        for i in 0..n {
+            statuses.push(get(&gws[i % gws.len()], "/v1/check", Some(&key), &q, device).await.status.as_u16());
+        }
+        statuses
+    };
+
+    // Each replica on its own: three times the burst.
+    let alone = replicas(false).await;
+    let statuses = round_robin(&alone, 12, None).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 12, "{statuses:?}");
+    drop(alone);
+
+    // Sharing through Redis: the burst once, whichever replica answers.
+    // (Fresh replicas: the local limiters above are gone with theirs.)
+    let shared = replicas(true).await;
+    let statuses = round_robin(&shared, 12, None).await;
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429, 429, 429, 429, 429, 429, 429]);
+    let shed: u64 = metrics_sum(&shared, "ferry_gateway_requests_shed_total{scope=\"tenant\"}").await;
+    assert_eq!(shed, 8);
+
+    // Devices of another tenant (whose limit is the default): a burst of
+    // 2 per device across the replicas.
+    two_versions(&stack, "globex").await;
+    let globex = stack.client_key("globex").await;
+    let q = [("tenant", "globex"), ("app", "crm"), ("version", "2.0.0")];
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(get(&shared[i % 3], "/v1/check", Some(&globex), &q, Some("phone-1")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!(get(&shared[0], "/v1/check", Some(&globex), &q, Some("phone-2")).await.status, StatusCode::OK);
+
+    // The store goes away: each replica limits on its own (its local
+    // limiter is untouched so far, so it has its whole burst).
+    redis.kill();
+    let statuses = round_robin(&shared, 6, None).await;
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200]);
+    assert_eq!(metrics_sum(&shared, "ferry_gateway_rate_limit_fallbacks_total").await, 6);
+}
+
+async fn metrics_sum(gws: &[GatewayHandle], series: &str) -> u64 {
+    let mut sum = 0;
+    for gw in gws {
+        let text =
+            ferry_testkit::http().get(format!("{}/metrics", gw.http)).send().await.unwrap().text().await.unwrap();
+        sum += text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .map_or(0, |v| v.parse::<u64>().unwrap());
+    }
+    sum
 }

@@ -7,6 +7,7 @@
 mod browser;
 mod http;
 mod postgres;
+mod redis;
 mod relay;
 mod s3;
 mod smtp;
@@ -14,6 +15,7 @@ mod smtp;
 pub use browser::Browser;
 pub use http::{http, http_builder};
 pub use postgres::{Postgres, fresh_database};
+pub use redis::RedisServer;
 pub use relay::{Damage, Downstream, Faults, Relay, Target};
 pub use s3::S3Server;
 pub use smtp::{Mail, SmtpServer};

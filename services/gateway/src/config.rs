@@ -78,6 +78,12 @@ pub struct ServeConfig {
     /// no cross-origin calls.
     #[arg(long, env = "FERRY_CORS_ORIGINS", default_value = "", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Redis or Valkey holding rate limits shared by every gateway replica
+    /// (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS,
+    /// `redis+unix:///path`); unset, each replica limits on its own, so N
+    /// replicas allow N times the limits.
+    #[arg(long, env = "FERRY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     #[command(flatten)]
     pub listener: ferry_net::ListenerArgs,
 }
@@ -141,6 +147,12 @@ impl ServeConfig {
             max_watches: self.max_watches,
             device_flush: Duration::from_secs(self.device_flush_seconds),
             cors: crate::cors::Origins::parse(&self.cors_origins)?,
+            shared_limits: self
+                .redis_url
+                .as_deref()
+                .map(|url| crate::SharedLimits::new(url).map(std::sync::Arc::new))
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 }

@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     /// How often which version each device runs is written (see
     /// [`ferry_reports::Census`]).
     pub device_flush: Duration,
+    /// Rate limits shared by every replica (Redis or Valkey); `None`: each
+    /// replica limits on its own.
+    pub shared_limits: Option<Arc<crate::SharedLimits>>,
 }
 
 impl Default for GatewayConfig {
@@ -77,6 +80,7 @@ impl Default for GatewayConfig {
             cors: crate::cors::Origins::None,
             max_watches: 8_000,
             device_flush: Duration::from_secs(15),
+            shared_limits: None,
         }
     }
 }
@@ -687,7 +691,10 @@ impl Gateway {
     ) -> Result<(Authenticated, Arc<TenantState>, Name, Name), GatewayError> {
         let auth = self.authenticate(caller).await?;
         let state = self.tenant(auth.tenant_id).await?;
-        self.inner.limits.admit(&state.limiter, auth.tenant_id, caller.device.as_deref(), &self.inner.metrics)?;
+        self.inner
+            .limits
+            .admit(&state.limiter, state.rate, auth.tenant_id, caller.device.as_deref(), &self.inner.metrics)
+            .await?;
         let tenant_str = required("tenant", tenant)?;
         let app_str = required("app", app)?;
         let tenant = Name::parse("tenant", tenant_str).map_err(|e| GatewayError::invalid("tenant", e))?;

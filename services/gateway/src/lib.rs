@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod model;
 mod server;
+mod shared_limits;
 mod tenants;
 mod urls;
 mod watch;
@@ -30,4 +31,5 @@ pub use model::{
     ReportBody, VersionInfo, VersionList,
 };
 pub use server::serve;
+pub use shared_limits::SharedLimits;
 pub use watch::{WatchItem, Watcher};

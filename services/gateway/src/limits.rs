@@ -12,6 +12,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::core::GatewayConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::shared_limits::Verdict;
 
 /// Longest device identifier accepted.
 const MAX_DEVICE_LEN: usize = 128;
@@ -43,6 +44,10 @@ impl Rate {
 pub(crate) struct Limits {
     devices: Arc<DefaultKeyedRateLimiter<(i64, String)>>,
     clock: DefaultClock,
+    device_rate: Rate,
+    /// Limits shared by every replica, when configured; the local ones
+    /// above are the fallback.
+    shared: Option<Arc<crate::SharedLimits>>,
 }
 
 /// A tenant's limiter.
@@ -69,7 +74,7 @@ impl Limits {
                 devices.shrink_to_fit();
             }
         });
-        Self { devices, clock }
+        Self { devices, clock, device_rate: config.device_rate, shared: config.shared_limits.clone() }
     }
 
     /// A limiter for a tenant's rate.
@@ -77,22 +82,38 @@ impl Limits {
         RateLimiter::direct_with_clock(rate.quota(), self.clock.clone())
     }
 
-    /// Admits one request of a tenant (and device), or says when to retry.
-    pub(crate) fn admit(
+    /// Admits one request of a tenant (and device), or says when to retry:
+    /// by the limits shared between replicas when configured and
+    /// answering, else by this replica's own.
+    pub(crate) async fn admit(
         &self,
         tenant: &TenantLimiter,
+        tenant_rate: Rate,
         tenant_id: i64,
         device: Option<&str>,
         metrics: &Metrics,
     ) -> Result<(), GatewayError> {
+        let device = device.filter(|d| !d.is_empty());
+        if let Some(device) = device
+            && (device.len() > MAX_DEVICE_LEN || !device.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(GatewayError::invalid("X-Ferry-Device", "must be 1 to 128 visible ASCII characters"));
+        }
+        if let Some(shared) = &self.shared {
+            match shared.check(tenant_id, tenant_rate, device.map(|d| (d, self.device_rate))).await {
+                Ok(Verdict::Admitted) => return Ok(()),
+                Ok(Verdict::Refused { scope, wait }) => {
+                    metrics.shed(scope);
+                    return Err(GatewayError::rate_limited(scope, retry_after(wait)));
+                }
+                Err(_) => metrics.limit_fallback(),
+            }
+        }
         if let Err(not_until) = tenant.check() {
             metrics.shed("tenant");
             return Err(GatewayError::rate_limited("tenant", retry_after(not_until.wait_time_from(self.clock.now()))));
         }
-        if let Some(device) = device.filter(|d| !d.is_empty()) {
-            if device.len() > MAX_DEVICE_LEN || !device.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(GatewayError::invalid("X-Ferry-Device", "must be 1 to 128 visible ASCII characters"));
-            }
+        if let Some(device) = device {
             if let Err(not_until) = self.devices.check_key(&(tenant_id, device.to_owned())) {
                 metrics.shed("device");
                 return Err(GatewayError::rate_limited(

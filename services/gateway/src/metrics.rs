@@ -42,6 +42,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     reports: Family<ReportLabels, Counter>,
     watches: Gauge,
+    fallbacks: Counter,
     loads: Family<CacheLabels, Counter>,
     durations: Family<CallLabels, Histogram, fn() -> Histogram>,
     ready: Gauge,
@@ -69,6 +70,12 @@ impl Default for Metrics {
             "Entries read from PostgreSQL into a cache (misses and refreshes), by cache",
             loads.clone(),
         );
+        let fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallbacks",
+            "Requests limited by this replica alone because the shared store (FERRY_REDIS_URL) did not answer",
+            fallbacks.clone(),
+        );
         let watches = Gauge::default();
         registry.register("watches_open", "Watches (push-notice streams) open now", watches.clone());
         let durations: Family<CallLabels, Histogram, fn() -> Histogram> =
@@ -88,6 +95,7 @@ impl Default for Metrics {
             requests,
             reports,
             watches,
+            fallbacks,
             loads,
             durations,
             ready,
@@ -100,6 +108,10 @@ impl Default for Metrics {
 impl Metrics {
     pub(crate) fn shed(&self, scope: &'static str) {
         self.shed.get_or_create(&ShedLabels { scope }).inc();
+    }
+
+    pub(crate) fn limit_fallback(&self) {
+        self.fallbacks.inc();
     }
 
     pub(crate) fn report(&self, result: &'static str) {
