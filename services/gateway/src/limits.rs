@@ -113,14 +113,14 @@ impl Limits {
             metrics.shed("tenant");
             return Err(GatewayError::rate_limited("tenant", retry_after(not_until.wait_time_from(self.clock.now()))));
         }
-        if let Some(device) = device {
-            if let Err(not_until) = self.devices.check_key(&(tenant_id, device.to_owned())) {
-                metrics.shed("device");
-                return Err(GatewayError::rate_limited(
-                    "device",
-                    retry_after(not_until.wait_time_from(self.devices.clock().now())),
-                ));
-            }
+        if let Some(device) = device
+            && let Err(not_until) = self.devices.check_key(&(tenant_id, device.to_owned()))
+        {
+            metrics.shed("device");
+            return Err(GatewayError::rate_limited(
+                "device",
+                retry_after(not_until.wait_time_from(self.devices.clock().now())),
+            ));
         }
         Ok(())
     }
