@@ -375,3 +375,109 @@ impl StackEnv {
         Blobs::from_settings(&self.s3, self.bucket.clone())
     }
 }
+
+/// A Ferry service run as a child process (a test binary started again in
+/// a child mode of its own), its JSON log lines kept for inspection; killed
+/// when dropped if it has not exited.
+pub struct ServiceProcess {
+    pub child: std::process::Child,
+    /// The fields of the log event the service announced itself with.
+    pub listening: serde_json::Value,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServiceProcess {
+    /// Starts this test binary again with exactly `envs` (and `PATH`), JSON
+    /// logs, and waits until it logs `message` (e.g. "gateway listening").
+    pub fn spawn(envs: &[(String, String)], message: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("FERRY_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting a child process");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (kept, wanted) = (logs.clone(), message.to_owned());
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                    && event["fields"]["message"] == wanted.as_str()
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(event["fields"].clone());
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let listening = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(fields) => fields,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the child did not log {message:?}; its log:\n{}", logs.lock().unwrap().join("\n"))
+            }
+        };
+        Self { child, listening, logs }
+    }
+
+    /// A field of the announcing event, e.g. the address it listens on.
+    pub fn field(&self, name: &str) -> String {
+        self.listening[name].as_str().unwrap_or_else(|| panic!("no {name} in {}", self.listening)).to_owned()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (up to a minute) for the process to exit; its status.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the child did not exit");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Stack {
+    /// What `ferry-registry serve` and `ferry-gateway serve` need to reach
+    /// this stack's database and bucket, as their own variables.
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        [
+            ("DATABASE_URL", self.database_url.clone()),
+            ("FERRY_S3_BUCKET", self.blobs.bucket().to_owned()),
+            ("AWS_ENDPOINT_URL_S3", self.s3.endpoint.clone()),
+            ("AWS_REGION", self.s3.region.clone()),
+            ("AWS_ACCESS_KEY_ID", self.s3.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.s3.secret_access_key.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}

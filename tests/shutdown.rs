@@ -3,7 +3,9 @@
 //! while it keeps answering; a load balancer that sees that stops sending
 //! it new requests; when the drain ends (here: at a second SIGTERM, so the
 //! test does not depend on timing) the listeners close, a request still in
-//! progress is answered, and the process exits cleanly.
+//! progress is answered, and the process exits cleanly. On the way, a check
+//! carrying an app's `traceparent` is traced under the app's trace, and
+//! the gateway's log never shows a key or a presigned URL.
 //!
 //! The gateway runs in a child process, the real `run_serve` of
 //! `ferry-gateway serve` configured from the environment exactly as the
@@ -12,14 +14,12 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ferry_e2e::{Release, Stack, publish_to};
+use ferry_e2e::{Release, ServiceProcess, Stack, publish_to};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() {
@@ -46,67 +46,21 @@ fn child() {
     std::process::exit(if code == std::process::ExitCode::SUCCESS { 0 } else { 1 });
 }
 
-/// The gateway child, killed if the test fails before it exits.
-struct GatewayProcess {
-    child: Child,
-    http: String,
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl GatewayProcess {
-    fn signal_term(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill -TERM failed");
-    }
-}
-
-fn spawn_gateway(stack: &Stack) -> GatewayProcess {
-    let env = stack.child_env();
-    let get = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env_clear()
-        .env("FERRY_SHUTDOWN_CHILD", "1")
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", get("DATABASE_URL"))
-        .env("FERRY_S3_BUCKET", get("S3_BUCKET"))
-        .env("AWS_ENDPOINT_URL_S3", get("S3_ENDPOINT"))
-        .env("AWS_REGION", get("S3_REGION"))
-        .env("AWS_ACCESS_KEY_ID", get("S3_KEY"))
-        .env("AWS_SECRET_ACCESS_KEY", get("S3_SECRET"))
-        .env("FERRY_LISTEN", "127.0.0.1:0")
-        .env("FERRY_GRPC_LISTEN", "127.0.0.1:0")
-        // Long enough never to end by itself in this test: the second
-        // SIGTERM ends it.
-        .env("FERRY_DRAIN_SECONDS", "3600")
-        .env("FERRY_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the gateway child");
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads the log until the listening line, then keeps draining it.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in stderr.lines().map_while(Result::ok) {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if event["fields"]["message"] == "gateway listening"
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(event["fields"]["http"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let http = rx.recv_timeout(Duration::from_secs(60)).expect("the gateway logs its address");
-    GatewayProcess { child, http: format!("http://{http}") }
+fn spawn_gateway(stack: &Stack, otlp: &str) -> ServiceProcess {
+    let mut env = stack.service_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), otlp.to_owned()));
+    env.extend(
+        [
+            ("FERRY_SHUTDOWN_CHILD", "1"),
+            ("FERRY_LISTEN", "127.0.0.1:0"),
+            ("FERRY_GRPC_LISTEN", "127.0.0.1:0"),
+            // Long enough never to end by itself in this test: the second
+            // SIGTERM ends it.
+            ("FERRY_DRAIN_SECONDS", "3600"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    ServiceProcess::spawn(&env, "gateway listening")
 }
 
 async fn sigterm_under_load_loses_no_accepted_request() {
@@ -115,12 +69,14 @@ async fn sigterm_under_load_loses_no_accepted_request() {
     let release = Release::new(50_000, 7);
     publish_to(&stack.connection(&token), "acme", "1.0.0", &release.artifacts(), true).await.unwrap();
     let key = stack.client_key("acme").await;
-    let mut gateway = spawn_gateway(&stack);
+    let receiver = ferry_testkit::OtlpReceiver::start().await.unwrap();
+    let mut gateway = spawn_gateway(&stack, &receiver.endpoint);
+    let http_base = format!("http://{}", gateway.field("http"));
 
     // Fresh connections for every request, as from many devices: no
     // request can be lost to a kept-alive connection the server closes.
     let http = ferry_testkit::http_builder().pool_max_idle_per_host(0).build().unwrap();
-    let check_url = format!("{}/v1/check?tenant=acme&app=crm&version=0.9.0", gateway.http);
+    let check_url = format!("{}/v1/check?tenant=acme&app=crm&version=0.9.0", http_base);
     let stop_sending = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
@@ -158,11 +114,22 @@ async fn sigterm_under_load_loses_no_accepted_request() {
         let http = http.clone();
         async move { http.get(url).send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(ready(format!("{}/readyz", gateway.http)).await, 200);
+    assert_eq!(ready(format!("{}/readyz", http_base)).await, 200);
 
-    gateway.signal_term();
+    // An app's trace context: the gateway's span for the check joins it.
+    let (trace_id, parent_id) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let traced = http
+        .get(&check_url)
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 200);
+
+    gateway.terminate();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ready(format!("{}/readyz", gateway.http)).await != 503 {
+    while ready(format!("{}/readyz", http_base)).await != 503 {
         assert!(Instant::now() < deadline, "/readyz still says ready after SIGTERM");
     }
     // Not ready, still serving: checks go on being answered.
@@ -175,7 +142,7 @@ async fn sigterm_under_load_loses_no_accepted_request() {
         "from_version": "0.9.0", "to_version": "1.0.0", "result": "success"
     })
     .to_string();
-    let addr = gateway.http.trim_start_matches("http://").to_owned();
+    let addr = http_base.trim_start_matches("http://").to_owned();
     let mut in_flight = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST /v1/reports HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -195,7 +162,7 @@ async fn sigterm_under_load_loses_no_accepted_request() {
     assert!(failures.is_empty(), "requests lost while draining: {failures:?}");
 
     // The second signal ends the drain: new connections are refused...
-    gateway.signal_term();
+    gateway.terminate();
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(&addr).await.is_ok() {
         assert!(Instant::now() < deadline, "the listener still accepts after the drain");
@@ -213,13 +180,25 @@ async fn sigterm_under_load_loses_no_accepted_request() {
     assert!(answer.contains("\"report_id\":\"drain-1\""), "{answer}");
 
     // Then the process exits, successfully.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = gateway.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the gateway did not exit after its drain");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = gateway.exited().await;
     assert!(status.success(), "gateway exited with {status}");
+
+    // It exported the span of the traced check (at exit at the latest),
+    // under the app's trace.
+    let spans = receiver.spans();
+    let joined = spans.iter().find(|s| s.service == "ferry-gateway" && hex(&s.trace_id) == trace_id);
+    let joined = joined.unwrap_or_else(|| panic!("no gateway span in the app's trace: {spans:#?}"));
+    assert_eq!((joined.name.as_str(), hex(&joined.parent_span_id)), ("http", parent_id.to_owned()));
+
+    // Its log names neither keys nor presigned URLs, though it answered
+    // thousands of checks carrying both.
+    let logs = gateway.logs().join("\n");
+    assert!(logs.contains("drained"), "the log tells the drain: {logs}");
+    for secret in [key.as_str(), "X-Amz-Signature", "X-Amz-Credential"] {
+        assert!(!logs.contains(secret), "the gateway logged {secret}");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

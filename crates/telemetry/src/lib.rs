@@ -8,6 +8,10 @@
 //! `service.instance.id`; the exporter reads the other standard `OTEL_*`
 //! variables itself.
 
+mod propagation;
+
+pub use propagation::{adopt_parent, trace_headers};
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -43,6 +47,8 @@ pub fn init(service: &'static str, default_level: &str) -> anyhow::Result<Guard>
         Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service)?),
         _ => None,
     };
+    // W3C trace context in and out (see `propagation`).
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(Guard { provider })

@@ -6,6 +6,7 @@
 
 mod browser;
 mod http;
+mod otlp;
 mod postgres;
 mod redis;
 mod relay;
@@ -14,6 +15,7 @@ mod smtp;
 
 pub use browser::Browser;
 pub use http::{http, http_builder};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{Postgres, fresh_database};
 pub use redis::RedisServer;
 pub use relay::{Damage, Downstream, Faults, Relay, Target};

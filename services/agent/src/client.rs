@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ferry_proto::registry::v1::registry_client;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -73,6 +73,13 @@ impl Connection {
             format!("Bearer {}", self.token.trim()).parse().map_err(|_| AgentError::Token)?;
         let auth: Auth = Box::new(move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", header.clone());
+            // The calling span's trace context, so the registry's spans
+            // join the agent's trace.
+            for (name, value) in ferry_telemetry::trace_headers() {
+                if let (Ok(name), Ok(value)) = (MetadataKey::from_bytes(name.as_bytes()), value.parse()) {
+                    req.metadata_mut().insert(name, value);
+                }
+            }
             Ok(req)
         });
         Ok(registry_client::RegistryClient::with_interceptor(channel, auth)

@@ -69,7 +69,9 @@ pub struct ArtifactSummary {
     pub bytes: u64,
 }
 
-/// Packs and publishes a release.
+/// Packs and publishes a release (one trace: this span, and the
+/// registry's spans for each call under it).
+#[tracing::instrument(name = "publish", skip_all, fields(tenant = %req.tenant, app = %req.app, version = %req.version))]
 pub async fn publish(
     conn: &Connection,
     req: &PublishRequest,
@@ -310,6 +312,7 @@ pub async fn deploy(
 }
 
 /// [`deploy`], also setting the release's compatible client versions.
+#[tracing::instrument(name = "deploy", skip_all, fields(%tenant, %app, %version))]
 pub async fn deploy_with(
     conn: &Connection,
     tenant: &Name,

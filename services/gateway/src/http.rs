@@ -341,8 +341,8 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
-/// Times the API's answers by route (watches last as long as the client
-/// stays: not timed).
+/// Times the API's answers by route, each in a span that joins the app's
+/// trace (watches last as long as the client stays: neither).
 async fn timed(
     State(gateway): State<Gateway>,
     route: axum::extract::MatchedPath,
@@ -356,7 +356,12 @@ async fn timed(
         _ => return next.run(request).await,
     };
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    // One span per API request, a child of the app's trace when it sends
+    // `traceparent`.
+    let span = tracing::info_span!("http", call);
+    let headers = request.headers();
+    ferry_telemetry::adopt_parent(&span, |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned));
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     gateway.metrics().took("http", call, started);
     response
 }

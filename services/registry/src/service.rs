@@ -443,6 +443,12 @@ fn check_owner(auth: &Authenticated, app: &str, manifest: &Manifest) -> Result<(
     }
 }
 
+/// Makes the agent's trace context (W3C, in the call's metadata) the
+/// parent of the span serving the call.
+fn adopt_parent(span: &tracing::Span, metadata: &MetadataMap) {
+    ferry_telemetry::adopt_parent(span, |name| metadata.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned));
+}
+
 #[tonic::async_trait]
 impl pb::registry_server::Registry for Registry {
     async fn prepare_release(
@@ -452,6 +458,7 @@ impl pb::registry_server::Registry for Registry {
         let started = Instant::now();
         let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("prepare_release", tenant = %req.tenant, app = %req.app);
+        adopt_parent(&span, &metadata);
         let result = async {
             let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(self.prepare(&auth, req).await?))
@@ -466,8 +473,10 @@ impl pb::registry_server::Registry for Registry {
     async fn upload_chunks(&self, request: Request<Streaming<pb::UploadChunksRequest>>) -> UploadResult {
         let started = Instant::now();
         let (metadata, extensions, stream) = request.into_parts();
+        let span = tracing::info_span!("upload_chunks");
+        adopt_parent(&span, &metadata);
         let fut: Pin<Box<dyn Future<Output = _> + Send + '_>> = Box::pin(self.upload(&extensions, &metadata, stream));
-        let result = fut.instrument(tracing::info_span!("upload_chunks")).await.map(Response::new).map_err(Into::into);
+        let result = fut.instrument(span).await.map(Response::new).map_err(Into::into);
         self.metrics.call("upload_chunks", started, &result);
         result
     }
@@ -479,6 +488,7 @@ impl pb::registry_server::Registry for Registry {
         let started = Instant::now();
         let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("commit_release", tenant = %req.tenant, app = %req.app);
+        adopt_parent(&span, &metadata);
         let result = async {
             let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(self.commit(&auth, req).await?))
@@ -494,6 +504,7 @@ impl pb::registry_server::Registry for Registry {
         let started = Instant::now();
         let (metadata, extensions, req) = request.into_parts();
         let span = tracing::info_span!("deploy", tenant = %req.tenant, app = %req.app, version = %req.version);
+        adopt_parent(&span, &metadata);
         let result = async {
             let auth = self.authorize(&extensions, &metadata, &req.tenant).await?;
             Ok(Response::new(Registry::deploy(self, &auth, req).await?))
