@@ -3,6 +3,8 @@
 //! gateway over real HTTP and gRPC, downloaded from the real S3 server.
 
 use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
 use std::time::{Duration, SystemTime};
 
 use ferry_e2e::{GatewayHandle, Release, Stack, noise, publish_to};
@@ -798,4 +800,68 @@ async fn metrics_sum(gws: &[GatewayHandle], series: &str) -> u64 {
             .map_or(0, |v| v.parse::<u64>().unwrap());
     }
     sum
+}
+
+/// With `FERRY_TLS_CERT`/`FERRY_TLS_KEY` the gateway serves HTTPS itself
+/// (HTTP/2 and HTTP/1.1 by ALPN) and gRPC over TLS; plain HTTP to it gets
+/// no answer.
+#[tokio::test]
+async fn gateway_serves_https_and_grpc_over_tls() {
+    let stack = Stack::start().await;
+    two_versions(&stack, "acme").await;
+    let key = stack.client_key("acme").await;
+    let (tls, ca_pem) = ferry_e2e::self_signed_tls();
+    let gateway = ferry_gateway::Gateway::new(stack.meta.clone(), stack.blobs.clone(), GatewayConfig::default());
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_port, grpc_port) = (http.local_addr().unwrap().port(), grpc.local_addr().unwrap().port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(ferry_gateway::serve_with_tls(gateway, http, grpc, Some(tls), async {
+        let _ = stopped.await;
+    }));
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).unwrap();
+    roots.add(ca).unwrap();
+    let mut client_config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    // A preconfigured TLS client offers what its configuration says.
+    client_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let url = format!("https://localhost:{http_port}/v1/check?tenant=acme&app=crm&version=1.0.0");
+    let mut http1_config = client_config.clone();
+    http1_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    for (version, client) in [
+        (reqwest::Version::HTTP_2, reqwest::Client::builder().use_preconfigured_tls(client_config)),
+        (reqwest::Version::HTTP_11, reqwest::Client::builder().use_preconfigured_tls(http1_config).http1_only()),
+    ] {
+        let answer = client.build().unwrap().get(&url).bearer_auth(&key).send().await.unwrap();
+        assert_eq!((answer.status(), answer.version()), (StatusCode::OK, version));
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["action"], "upgrade");
+    }
+    let plain = ferry_testkit::http().get(format!("http://localhost:{http_port}/healthz")).send().await;
+    assert!(plain.is_err(), "plain HTTP got an answer: {plain:?}");
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{grpc_port}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
 }

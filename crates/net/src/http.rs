@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -22,6 +23,46 @@ use crate::{ConnInfo, Limits, incoming};
 pub async fn serve_http<S, B>(
     listener: TcpListener,
     limits: Limits,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve(listener, limits, None, service, shutdown).await
+}
+
+/// [`serve_http`] over TLS (`tls` from [`crate::Tls::server_config`]): the
+/// handshake must complete within the header timeout.
+pub async fn serve_https<S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Arc<rustls::ServerConfig>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve(listener, limits, Some(tokio_rustls::TlsAcceptor::from(tls)), service, shutdown).await
+}
+
+async fn serve<S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
@@ -64,11 +105,26 @@ where
             req.extensions_mut().insert::<ConnInfo>(info.clone());
             service.clone().oneshot(req)
         });
-        let connection = builder.serve_connection(TokioIo::new(conn), hyper_service).into_owned();
-        let connection = graceful.watch(connection);
+        let Some(acceptor) = tls.clone() else {
+            let connection = builder.serve_connection(TokioIo::new(conn), hyper_service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "http connection ended with an error");
+                }
+            });
+            continue;
+        };
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "http connection ended with an error");
+            let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(conn)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "tls handshake failed"),
+                Err(_) => return tracing::debug!("tls handshake timed out"),
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), hyper_service).into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, "https connection ended with an error");
             }
         });
     }

@@ -18,12 +18,14 @@
 mod guarded;
 mod http;
 mod lifecycle;
+mod tls;
 
 use std::time::Duration;
 
 pub use guarded::{ConnInfo, Guarded, MarkRequests, incoming};
-pub use http::serve_http;
+pub use http::{serve_http, serve_https};
 pub use lifecycle::Lifecycle;
+pub use tls::Tls;
 
 /// Runs `server` (which begins its own graceful shutdown when `stopping`
 /// completes) and, once `stopping` completes, gives it at most `grace` to

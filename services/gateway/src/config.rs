@@ -78,6 +78,13 @@ pub struct ServeConfig {
     /// no cross-origin calls.
     #[arg(long, env = "FERRY_CORS_ORIGINS", default_value = "", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// PEM certificate chain to serve HTTPS and gRPC over TLS (with
+    /// --tls-key); unset, plain HTTP (terminate TLS in front).
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Redis or Valkey holding rate limits shared by every gateway replica
     /// (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS,
     /// `redis+unix:///path`); unset, each replica limits on its own, so N
@@ -89,6 +96,11 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The TLS files, read and checked; the error names the setting.
+    pub fn tls(&self) -> anyhow::Result<Option<ferry_net::Tls>> {
+        ferry_net::Tls::from_settings(self.tls_cert.as_deref(), self.tls_key.as_deref()).map_err(anyhow::Error::msg)
+    }
+
     /// Validates and turns the settings into the gateway's tunables.
     pub fn gateway_config(&self) -> anyhow::Result<GatewayConfig> {
         if self.s3_bucket.trim().is_empty() {

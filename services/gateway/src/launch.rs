@@ -9,6 +9,7 @@ use crate::core::Gateway;
 /// Runs the gateway until SIGTERM or Ctrl-C, then drains and stops.
 pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let tunables = config.gateway_config()?;
+    let tls = config.tls()?;
     let meta = ferry_store::connect(&config.database_url, config.db_max_connections)?;
     let blobs =
         ferry_store::Blobs::from_env(&config.s3_bucket, config.s3_path_style).await.map_err(anyhow::Error::msg)?;
@@ -21,10 +22,10 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     gateway.follow(changes);
     let http = tokio::net::TcpListener::bind(config.listen).await?;
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
-    info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, bucket = %config.s3_bucket, "gateway listening");
+    info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, tls = tls.is_some(), bucket = %config.s3_bucket, "gateway listening");
     let lifecycle = gateway.lifecycle().clone();
     tokio::spawn(lifecycle.clone().on_signals(config.listener.drain()));
-    crate::serve(gateway, http, grpc, async move { lifecycle.stopping().await }).await?;
+    crate::serve_with_tls(gateway, http, grpc, tls, async move { lifecycle.stopping().await }).await?;
     info!("stopped");
     Ok(())
 }

@@ -30,6 +30,6 @@ pub use model::{
     Action, ArtifactFile, CheckAnswer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody, ReportAccepted,
     ReportBody, VersionInfo, VersionList,
 };
-pub use server::serve;
+pub use server::{serve, serve_with_tls};
 pub use shared_limits::SharedLimits;
 pub use watch::{WatchItem, Watcher};

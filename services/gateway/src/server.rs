@@ -11,6 +11,19 @@ pub async fn serve(
     grpc: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_tls(gateway, http, grpc, None, shutdown).await
+}
+
+/// [`serve`], over TLS on both listeners when `tls` is given (HTTPS with
+/// HTTP/2 and HTTP/1.1; gRPC over TLS).
+pub async fn serve_with_tls(
+    gateway: Gateway,
+    http: TcpListener,
+    grpc: TcpListener,
+    tls: Option<ferry_net::Tls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let https = tls.as_ref().map(ferry_net::Tls::server_config).transpose().map_err(anyhow::Error::msg)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let watches = gateway.clone();
     tokio::spawn(async move {
@@ -39,7 +52,12 @@ pub async fn serve(
     let limits = gateway.config().listener;
     // No server-initiated HTTP/2 pings: they would keep idle connections
     // alive forever (ferry-net's TCP keepalive finds dead peers instead).
-    let grpc_server = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        grpc_builder = grpc_builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let grpc_server = grpc_builder
         .layer(ferry_net::MarkRequests)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_max_header_list_size(limits.max_header_bytes)
@@ -52,7 +70,13 @@ pub async fn serve(
     let grpc_server = ferry_net::with_grace(grpc_server, stopped(stop_rx.clone()), limits.shutdown_grace);
 
     let (gateway_census, census_rx) = (gateway.clone(), stop_rx.clone());
-    let http_server = ferry_net::serve_http(http, limits, crate::http::router(gateway), stopped(stop_rx));
+    let router = crate::http::router(gateway);
+    let http_server = async move {
+        match https {
+            Some(config) => ferry_net::serve_https(http, limits, config, router, stopped(stop_rx)).await,
+            None => ferry_net::serve_http(http, limits, router, stopped(stop_rx)).await,
+        }
+    };
 
     // The device census is written until the listeners stop, then once
     // more after they have, so a clean shutdown loses none of it.

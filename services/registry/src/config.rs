@@ -117,11 +117,7 @@ impl ServeConfig {
 
     /// Reads the TLS files, naming the one that fails.
     pub fn tls(&self) -> anyhow::Result<Option<Tls>> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
-        };
-        let read = |p: &PathBuf, what| std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()));
-        Ok(Some(Tls { cert_pem: read(cert, "FERRY_TLS_CERT")?, key_pem: read(key, "FERRY_TLS_KEY")? }))
+        Tls::from_settings(self.tls_cert.as_deref(), self.tls_key.as_deref()).map_err(anyhow::Error::msg)
     }
 
     /// Validates the settings (naming the one at fault) and turns them into

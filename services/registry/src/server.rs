@@ -14,11 +14,7 @@ use crate::service::Registry;
 const MAX_MESSAGE_BYTES: usize = ferry_release::MAX_MANIFEST_BYTES + 1024 * 1024;
 
 /// PEM certificate chain and private key for serving gRPC over TLS.
-#[derive(Clone)]
-pub struct Tls {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-}
+pub use ferry_net::Tls;
 
 /// Serves the registry (and grpc.health.v1) on `listener` until `shutdown`
 /// completes.
