@@ -334,3 +334,38 @@ async fn random_requests_get_documented_answers() {
         }
     }
 }
+
+/// PostgreSQL over TLS as `DATABASE_URL` asks (libpq's `sslmode` and
+/// `sslrootcert`): with the server's CA the registry's pool and the
+/// gateway's change listener connect (the server refuses plain TCP, so
+/// they are encrypted); without the CA the certificate is not trusted;
+/// without TLS the server refuses.
+#[tokio::test]
+async fn postgresql_over_tls_is_verified_against_sslrootcert() {
+    let (tls, ca_pem) = ferry_e2e::self_signed_tls();
+    let (cert, key) = (tls.cert_pem.clone(), tls.key_pem.clone());
+    let pg = tokio::task::spawn_blocking(move || ferry_testkit::Postgres::start_with_tls(&cert, &key))
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &ca_pem).unwrap();
+
+    let verified = pg.tcp_url("postgres", &format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+    let meta = ferry_store::connect(&verified, 2).unwrap();
+    meta.migrate().await.unwrap();
+    meta.ping().await.unwrap();
+    let mut changes = ferry_store::listen(&verified).unwrap();
+    meta.create_tenant(&ferry_release::Name::parse("tenant", "acme").unwrap()).await.unwrap();
+    let change = tokio::time::timeout(std::time::Duration::from_secs(30), changes.recv()).await.unwrap();
+    assert!(change.is_some(), "the change listener works over TLS");
+
+    let untrusted = ferry_store::connect(&pg.tcp_url("postgres", "sslmode=require"), 1).unwrap();
+    let error = ferry_proto::error_chain(&untrusted.ping().await.unwrap_err()).to_string();
+    assert!(error.contains("certificate") || error.contains("Certificate"), "{error}");
+
+    let plain = ferry_store::connect(&pg.tcp_url("postgres", "sslmode=disable"), 1).unwrap();
+    let error = ferry_proto::error_chain(&plain.ping().await.unwrap_err()).to_string();
+    assert!(error.contains("no encryption") || error.contains("rejects connection"), "{error}");
+}

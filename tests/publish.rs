@@ -558,3 +558,18 @@ async fn ops_listener_reports_calls_bytes_and_readiness() {
 fn value_in(metrics: &str, series: &str) -> f64 {
     metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).unwrap().parse().unwrap()
 }
+
+/// Replicas starting together on an empty database all migrate it: they
+/// take turns (an advisory lock) instead of colliding on the same
+/// migration.
+#[tokio::test]
+async fn replicas_migrating_at_once_all_succeed() {
+    let url = ferry_testkit::fresh_database().await.unwrap();
+    let replicas: Vec<_> = (0..4).map(|_| ferry_store::connect(&url, 2).unwrap()).collect();
+    let results = futures::future::join_all(replicas.iter().map(|m| m.migrate())).await;
+    for result in results {
+        result.unwrap();
+    }
+    // And the schema is whole: a tenant can be created.
+    replicas[0].create_tenant(&Name::parse("tenant", "acme").unwrap()).await.unwrap();
+}

@@ -61,7 +61,7 @@ impl Default for Live {
 impl Live {
     /// Listens to the database at `database_url` (reconnecting as needed)
     /// for as long as the process runs; returns once it is listening.
-    pub async fn listen(database_url: &str, meta: Meta) -> Result<Self, tokio_postgres::Error> {
+    pub async fn listen(database_url: &str, meta: Meta) -> Result<Self, ferry_store::StoreError> {
         let live = Self::default();
         let mut reports = ferry_store::listen_channel(database_url, "ferry_reports")?;
         let mut changes = ferry_store::listen_channel(database_url, "ferry_changes")?;

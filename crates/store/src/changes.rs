@@ -1,12 +1,11 @@
 //! Change notifications from PostgreSQL (`LISTEN ferry_changes`), for
 //! processes that cache what the database holds.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// Something cached may be stale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +48,7 @@ impl Change {
 /// Listens for changes until the receiver is dropped, reconnecting with
 /// back-off when the connection fails; each (re)connection first yields
 /// [`Change::Resync`].
-pub fn listen(database_url: &str) -> Result<mpsc::Receiver<Change>, tokio_postgres::Error> {
+pub fn listen(database_url: &str) -> Result<mpsc::Receiver<Change>, crate::StoreError> {
     let mut notices = listen_channel(database_url, "ferry_changes")?;
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
@@ -80,16 +79,13 @@ pub enum Notice {
 
 /// Listens on a PostgreSQL notification `channel` until the receiver is
 /// dropped, reconnecting with back-off when the connection fails.
-pub fn listen_channel(
-    database_url: &str,
-    channel: &'static str,
-) -> Result<mpsc::Receiver<Notice>, tokio_postgres::Error> {
-    let config = tokio_postgres::Config::from_str(database_url)?;
+pub fn listen_channel(database_url: &str, channel: &'static str) -> Result<mpsc::Receiver<Notice>, crate::StoreError> {
+    let (config, tls) = crate::pg_tls::parse(database_url)?;
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match config.connect(NoTls).await {
+            match config.connect(tls.clone()).await {
                 Ok((client, mut connection)) => {
                     // A task drives the connection and hands notifications
                     // over; it ends when the connection does.

@@ -11,6 +11,7 @@ mod gc;
 mod keys;
 mod meta;
 pub mod metrics;
+mod pg_tls;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
 pub use changes::{Change, Notice, listen, listen_channel};

@@ -1,12 +1,10 @@
 //! Release metadata in PostgreSQL.
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ferry_release::{Hash, ManifestId, Name};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::error::StoreError;
@@ -53,9 +51,8 @@ impl std::ops::Deref for DatabaseUrl {
 /// Connections are made lazily; a database that is down shows up as
 /// [`StoreError::Unavailable`] on first use.
 pub fn connect(database_url: &str, max_connections: usize) -> Result<Meta, StoreError> {
-    let config = tokio_postgres::Config::from_str(database_url)
-        .map_err(|e| StoreError::Backend { what: "parsing DATABASE_URL", source: Box::new(e) })?;
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let (config, tls) = crate::pg_tls::parse(database_url)?;
+    let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager)
         .max_size(max_connections)
         .runtime(Runtime::Tokio1)
@@ -181,16 +178,28 @@ pub struct DeployOutcome {
     pub previous: Option<String>,
 }
 
+/// The advisory lock key that serialises migrations ("ferry migrate").
+const MIGRATION_LOCK: i64 = 0x6665_7272_795f_6d67;
+
 impl Meta {
     /// Brings the schema up to date. Safe to run from several processes at
-    /// once: refinery takes a lock and skips applied migrations.
+    /// once (replicas starting together, a migration job): they take turns
+    /// under a PostgreSQL advisory lock, and each skips what is applied.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
-        embedded::migrations::runner()
+        // A session lock: released below, or with the connection if this
+        // process dies (the pooled connection is dropped on error).
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        let migrated = embedded::migrations::runner()
             .run_async(&mut **client)
             .await
-            .map_err(|e| StoreError::Backend { what: "running migrations", source: Box::new(e) })?;
-        Ok(())
+            .map_err(|e| StoreError::Backend { what: "running migrations", source: Box::new(e) });
+        if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await {
+            // Not handing a connection that holds the lock back to the pool.
+            let _ = deadpool_postgres::Object::take(client);
+            return Err(e.into());
+        }
+        migrated.map(|_| ())
     }
 
     /// Checks the database answers.

@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 /// pipe from this process.
 pub struct Postgres {
     socket_dir: PathBuf,
+    /// The TCP port of a cluster started with TLS.
+    tcp_port: Option<u16>,
     watchdog: Mutex<Option<Child>>,
 }
 
@@ -20,6 +22,32 @@ impl Postgres {
     /// Runs the server as user `postgres` when this process is root, since
     /// PostgreSQL refuses to run as root.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// A cluster that also listens on 127.0.0.1 (PostgreSQL speaks TLS
+    /// over TCP only) with TLS on, serving this PEM certificate and key.
+    /// PostgreSQL cannot listen on port 0: a free port is picked, and
+    /// another one tried should it be taken meanwhile.
+    pub fn start_with_tls(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::start_with(Some((cert_pem, key_pem))) {
+                Ok(pg) => return Ok(pg),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried"))
+    }
+
+    /// `postgres://postgres@localhost:PORT/dbname` of a cluster started with
+    /// TLS, with `params` (e.g. `sslmode=require`) appended.
+    pub fn tcp_url(&self, dbname: &str, params: &str) -> String {
+        let port = self.tcp_port.expect("a cluster started with TLS");
+        format!("postgres://postgres@localhost:{port}/{dbname}?{params}")
+    }
+
+    fn start_with(tls: Option<(&[u8], &[u8])>) -> anyhow::Result<Self> {
         let bin = bin_dir()?;
         let as_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
         let dir = std::env::temp_dir().join(format!("ferry-pg-{}", crate::random_suffix(6)));
@@ -42,18 +70,48 @@ impl Postgres {
         run(cmd("initdb")
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--no-instructions", "-D"])
             .arg(&data))?;
+        let (listen, tcp_port) = match tls {
+            None => (String::new(), None),
+            Some((cert_pem, key_pem)) => {
+                let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+                std::fs::write(&cert, cert_pem)?;
+                std::fs::write(&key, key_pem)?;
+                std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                if as_root {
+                    run(Command::new("chown").args(["postgres:postgres"]).arg(&cert).arg(&key))?;
+                }
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+                let listen = format!(
+                    "-c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    cert.display(),
+                    key.display()
+                );
+                (listen, Some(port))
+            }
+        };
+        let listen = if listen.is_empty() { "-c listen_addresses=''".to_owned() } else { listen };
         // Durability is pointless for a throwaway cluster; speed is not.
         let options = format!(
-            "-c listen_addresses='' -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+            "{listen} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
              -c max_connections=300",
             dir.display()
         );
-        run(cmd("pg_ctl")
+        if tcp_port.is_some() {
+            // Over TCP, TLS or nothing: a plain connection is refused.
+            let hba = data.join("pg_hba.conf");
+            let rules = std::fs::read_to_string(&hba)?;
+            std::fs::write(&hba, format!("hostnossl all all 0.0.0.0/0 reject\n{rules}"))?;
+        }
+        let started = run(cmd("pg_ctl")
             .args(["-w", "-t", "60", "-o", &options, "-l"])
             .arg(dir.join("log"))
             .arg("-D")
             .arg(&data)
-            .arg("start"))?;
+            .arg("start"));
+        if let Err(e) = started {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let stop = format!(
             "{prefix}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
             prefix = if as_root { "runuser -u postgres -- " } else { "" },
@@ -68,7 +126,7 @@ impl Postgres {
             .stderr(Stdio::null())
             .spawn()
             .context("starting the postgresql watchdog (setsid, sh)")?;
-        Ok(Self { socket_dir: dir, watchdog: Mutex::new(Some(watchdog)) })
+        Ok(Self { socket_dir: dir, tcp_port, watchdog: Mutex::new(Some(watchdog)) })
     }
 
     /// The cluster shared by every test of this process, started on first use.
