@@ -1,0 +1,1 @@
+document.title = "crm " + "1.0.0";
