@@ -33,7 +33,7 @@ pub(crate) fn parse(database_url: &str) -> Result<(tokio_postgres::Config, MakeR
 }
 
 fn invalid(why: &str) -> StoreError {
-    StoreError::Backend { what: "DATABASE_URL", source: why.to_owned().into() }
+    StoreError::Backend { what: "reading DATABASE_URL", source: why.to_owned().into() }
 }
 
 /// Removes `sslrootcert` (which tokio-postgres does not know) and turns
@@ -153,6 +153,7 @@ mod tests {
         assert_eq!(mode("postgres://u@db/x?sslmode=prefer"), SslMode::Disable);
         assert_eq!(mode("postgres://u@db/x?sslmode=verify-full"), SslMode::Require);
         let missing = parse("postgres://u@db/x?sslmode=require&sslrootcert=/nonexistent/ca.pem").err().unwrap();
-        assert!(format!("{missing:#}").contains("sslrootcert"), "{missing:#}");
+        let shown = ferry_proto::error_chain(&missing).to_string();
+        assert!(shown.contains("reading DATABASE_URL") && shown.contains("sslrootcert"), "{shown}");
     }
 }
