@@ -182,6 +182,11 @@ fn cookie_of(headers: &HeaderMap) -> (String, String) {
 #[tokio::test]
 async fn access_is_by_dashboard_key_and_scoped_to_the_tenant() {
     let env = env().await;
+    // Probes need no key.
+    for (path, body) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let (status, _, text) = env.get(path, None, None).await;
+        assert_eq!((status, text.as_str()), (StatusCode::OK, body), "{path}");
+    }
 
     let (status, headers, _) = env.get("/", None, None).await;
     assert_eq!((status, headers.get(LOCATION).unwrap().to_str().unwrap()), (StatusCode::SEE_OTHER, "/signin"));

@@ -126,6 +126,21 @@ async fn sigterm_under_load_loses_no_accepted_request() {
         .await
         .unwrap();
     assert_eq!(traced.status(), 200);
+    // And over gRPC, in the call's metadata.
+    let (grpc_trace, grpc_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let mut grpc =
+        ferry_proto::gateway::v1::gateway_client::GatewayClient::connect(format!("http://{}", gateway.field("grpc")))
+            .await
+            .unwrap();
+    let mut request = tonic::Request::new(ferry_proto::gateway::v1::CheckRequest {
+        tenant: "acme".into(),
+        app: "crm".into(),
+        version: "0.9.0".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request.metadata_mut().insert("traceparent", format!("00-{grpc_trace}-{grpc_parent}-01").parse().unwrap());
+    grpc.check(request).await.unwrap();
 
     gateway.terminate();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -189,6 +204,9 @@ async fn sigterm_under_load_loses_no_accepted_request() {
     let joined = spans.iter().find(|s| s.service == "ferry-gateway" && hex(&s.trace_id) == trace_id);
     let joined = joined.unwrap_or_else(|| panic!("no gateway span in the app's trace: {spans:#?}"));
     assert_eq!((joined.name.as_str(), hex(&joined.parent_span_id)), ("http", parent_id.to_owned()));
+    let joined = spans.iter().find(|s| s.service == "ferry-gateway" && hex(&s.trace_id) == grpc_trace);
+    let joined = joined.unwrap_or_else(|| panic!("no gateway span in the gRPC caller's trace: {spans:#?}"));
+    assert_eq!((joined.name.as_str(), hex(&joined.parent_span_id)), ("grpc", grpc_parent.to_owned()));
 
     // Its log names neither keys nor presigned URLs, though it answered
     // thousands of checks carrying both.

@@ -2,7 +2,7 @@
 //! and the registry's spans for each call it makes share a trace id, the
 //! registry's spans being children of the agent's (W3C trace context in
 //! the gRPC metadata), as a real OTLP receiver sees them. Neither process
-//! logs the agent key or the S3 secret.
+//! logs the agent key, the S3 secret or the database password.
 //!
 //! The registry and the agent run as child processes, each exporting
 //! under its own `service.name` like the binaries: this test binary,
@@ -83,7 +83,14 @@ async fn one_publish_is_one_trace_across_agent_and_registry() {
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
     ];
 
-    let mut env = stack.service_env();
+    // A password in the connection string (the test server trusts local
+    // connections and ignores it): it must not reach the log either.
+    let password = "pw-that-must-not-be-logged";
+    let mut env: Vec<(String, String)> = stack
+        .service_env()
+        .into_iter()
+        .map(|(k, v)| if k == "DATABASE_URL" { (k, format!("{v} password={password}")) } else { (k, v) })
+        .collect();
     env.extend(otel.iter().cloned());
     env.extend(
         [
@@ -141,12 +148,12 @@ async fn one_publish_is_one_trace_across_agent_and_registry() {
             .all(|s| &s.trace_id == trace)
     );
 
-    // Logs: neither the agent key nor the S3 secret, at info level.
+    // Logs: neither the agent key, the S3 secret nor the database password.
     let secret = stack.s3.secret_access_key.clone();
     for (who, logs) in [("agent", agent.logs()), ("registry", registry.logs())] {
         let logs = logs.join("\n");
         assert!(!logs.is_empty(), "{who} logged nothing");
-        for needle in [token.as_str(), secret.as_str()] {
+        for needle in [token.as_str(), secret.as_str(), password] {
             assert!(!logs.contains(needle), "the {who} logged a secret");
         }
     }

@@ -95,7 +95,7 @@ impl Delivery {
 
     /// Sends the messages that are due; returns how many were delivered.
     pub async fn deliver(&self, meta: &Meta) -> Result<u64, StoreError> {
-        let client = meta.pool().get().await?;
+        let client = meta.client().await?;
         let lease = LEASE.as_secs_f64();
         let claimed = client
             .query(

@@ -64,7 +64,7 @@ pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
 
 /// Folds the failures not folded yet, and sends the digests that are due.
 pub async fn fold(meta: &Meta, interval: Duration) -> Result<FoldReport, StoreError> {
-    let mut client = meta.pool().get().await?;
+    let mut client = meta.client().await?;
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&FOLD_LOCK]).await?.get(0);
     if !locked {

@@ -112,7 +112,7 @@ pub async fn set_targets(
     clear: bool,
 ) -> Result<Option<String>, StoreError> {
     let tenant_id = meta.tenant_id(tenant).await?;
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     if clear {
         client.execute("DELETE FROM alert_targets WHERE tenant_id = $1", &[&tenant_id]).await?;
         return Ok(None);
@@ -153,7 +153,7 @@ pub struct DeliveryState {
 /// The tenant's most recent alert messages, newest first.
 pub async fn deliveries(meta: &Meta, tenant: &Name, limit: i64) -> Result<Vec<DeliveryState>, StoreError> {
     let tenant_id = meta.tenant_id(tenant).await?;
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     let rows = client
         .query(
             "SELECT o.id, a.name, o.version, o.kind, o.channel, o.destination, o.status, o.attempts, o.last_error, \

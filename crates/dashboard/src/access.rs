@@ -165,7 +165,7 @@ pub(crate) fn csrf_of(token: &str) -> String {
 }
 
 async fn session_viewer(meta: &Meta, token: &str) -> Result<Option<Viewer>, StoreError> {
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     let row = client
         .query_opt(
             "SELECT k.role, k.tenant_id, t.name FROM dashboard_sessions s \
@@ -185,7 +185,7 @@ async fn session_viewer(meta: &Meta, token: &str) -> Result<Option<Viewer>, Stor
 }
 
 pub(crate) async fn purge_sessions(meta: &Meta) -> Result<u64, StoreError> {
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     Ok(client.execute("DELETE FROM dashboard_sessions WHERE expires_at <= now()", &[]).await?)
 }
 
@@ -231,7 +231,7 @@ pub(crate) async fn signin(State(dashboard): State<Dashboard>, headers: HeaderMa
     let token = hex::encode(raw);
     let lifetime = dashboard.inner.settings.session_lifetime;
     let stored = async {
-        let client = meta.pool().get().await?;
+        let client = meta.client().await?;
         client
             .execute(
                 "INSERT INTO dashboard_sessions (token_hash, key_id, expires_at) \
@@ -262,7 +262,7 @@ pub(crate) async fn signout(State(dashboard): State<Dashboard>, headers: HeaderM
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     let deleted = async {
-        let client = dashboard.inner.meta.pool().get().await?;
+        let client = dashboard.inner.meta.client().await?;
         client
             .execute("DELETE FROM dashboard_sessions WHERE token_hash = $1", &[&token_hash(&token).as_slice()])
             .await?;

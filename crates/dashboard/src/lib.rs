@@ -58,13 +58,25 @@ struct Inner {
     meta: Meta,
     settings: DashboardSettings,
     live: Live,
+    /// The serving process's life: `/readyz` fails once it drains.
+    lifecycle: ferry_net::Lifecycle,
 }
 
 impl Dashboard {
     /// A dashboard reading `meta`, with live updates from `live` (see
     /// [`Live::listen`]).
     pub fn new(meta: Meta, live: Live, settings: DashboardSettings) -> Self {
-        Self { inner: Arc::new(Inner { meta, settings, live }) }
+        Self::with_lifecycle(meta, live, settings, ferry_net::Lifecycle::new())
+    }
+
+    /// [`Dashboard::new`] in a process whose `lifecycle` `/readyz` follows.
+    pub fn with_lifecycle(
+        meta: Meta,
+        live: Live,
+        settings: DashboardSettings,
+        lifecycle: ferry_net::Lifecycle,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { meta, settings, live, lifecycle }) }
     }
 
     /// Every route: pages, their JSON, sign-in, live events, assets.
@@ -79,6 +91,7 @@ impl Dashboard {
             .route("/signout", post(access::signout))
             .route("/assets/{*path}", get(assets::serve))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
             .fallback(pages::not_found)
             .layer(axum::middleware::from_fn(access::security_headers))
             // Forms carry a key or a CSRF token; nothing needs more.
@@ -86,8 +99,28 @@ impl Dashboard {
             .with_state(self.clone())
     }
 
+    /// Whether this dashboard takes new work: its process is not shutting
+    /// down and PostgreSQL answers within 3 s.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if !self.inner.lifecycle.is_ready() {
+            return Err("shutting down".into());
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(3), self.inner.meta.ping())
+            .await
+            .map_err(|_| "postgresql did not answer within 3 s".to_owned())?
+            .map_err(|e| format!("postgresql: {e}"))
+    }
+
     /// Removes expired sessions; returns how many.
     pub async fn purge_sessions(&self) -> Result<u64, ferry_store::StoreError> {
         access::purge_sessions(&self.inner.meta).await
+    }
+}
+
+async fn ready(axum::extract::State(dashboard): axum::extract::State<Dashboard>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match dashboard.readiness().await {
+        Ok(()) => "ready".into_response(),
+        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
     }
 }

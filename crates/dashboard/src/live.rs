@@ -134,7 +134,7 @@ impl Names {
         if let Some(known) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&app_id) {
             return Ok(Some(known.clone()));
         }
-        let client = meta.pool().get().await?;
+        let client = meta.client().await?;
         let row = client
             .query_opt(
                 "SELECT t.id, t.name, a.name FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE a.id = $1",

@@ -78,7 +78,7 @@ pub struct Overview {
 }
 
 pub(crate) async fn overview(meta: &Meta, tenant: Option<i64>) -> Result<Overview, StoreError> {
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     let sql = format!(
         "SELECT t.name, a.name, r.version, {deployed_at}, \
            (SELECT count(*) FROM devices dv WHERE dv.app_id = a.id), \
@@ -247,7 +247,7 @@ pub(crate) struct AppRef {
 }
 
 pub(crate) async fn find_app(meta: &Meta, tenant: &str, app: &str) -> Result<Option<AppRef>, StoreError> {
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     let row = client
         .query_opt(
             "SELECT a.id, t.id FROM apps a JOIN tenants t ON t.id = a.tenant_id WHERE t.name = $1 AND a.name = $2",
@@ -268,7 +268,7 @@ pub(crate) fn by_version_desc(a: &str, b: &str) -> Ordering {
 }
 
 pub(crate) async fn app_status(meta: &Meta, tenant: &str, app: &str, at: &AppRef) -> Result<AppStatus, StoreError> {
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     let id = at.app_id;
     let head = client
         .query_one(

@@ -143,7 +143,7 @@ async fn write(meta: &Meta, batch: &[Sighting]) -> Result<(), StoreError> {
     let devices: Vec<&str> = batch.iter().map(|((_, d), _)| d.as_str()).collect();
     let versions: Vec<&str> = batch.iter().map(|(_, (v, _))| v.as_str()).collect();
     let times: Vec<SystemTime> = batch.iter().map(|(_, (_, t))| *t).collect();
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     client
         .execute(
             "INSERT INTO devices AS d (app_id, device_id, version, seen_at) \

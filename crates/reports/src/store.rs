@@ -53,7 +53,7 @@ impl ReportStore {
     /// The device's latest failure for the app, unless a later success
     /// cleared it.
     pub async fn last_failure(&self, app_id: i64, device_id: &str) -> Result<Option<LastFailure>, StoreError> {
-        let client = self.meta.pool().get().await?;
+        let client = self.meta.client().await?;
         let row = client
             .query_opt(
                 "SELECT version, result, error_code, error_message, at FROM device_failures \
@@ -84,7 +84,7 @@ impl ReportStore {
 /// Deletes reports (and devices' failures, hourly counts and devices not
 /// seen) older than `retention`, in batches; returns how many reports went.
 pub async fn delete_older_than(meta: &Meta, retention: Duration) -> Result<u64, StoreError> {
-    let client = meta.pool().get().await?;
+    let client = meta.client().await?;
     let seconds = retention.as_secs_f64();
     let mut deleted = 0;
     loop {
@@ -148,7 +148,7 @@ async fn write_batches(meta: Meta, mut rx: mpsc::Receiver<Pending>) {
 /// devices' latest failures from the new ones; returns, per report, whether
 /// it was new.
 async fn write(meta: &Meta, reports: &[(i64, i64, &Report)]) -> Result<Vec<bool>, StoreError> {
-    let mut client = meta.pool().get().await?;
+    let mut client = meta.client().await?;
     let tx = client.transaction().await?;
     let col = |f: fn(&Report) -> String| reports.iter().map(|r| f(r.2)).collect::<Vec<String>>();
     let opt = |f: fn(&Report) -> Option<String>| reports.iter().map(|r| f(r.2)).collect::<Vec<Option<String>>>();

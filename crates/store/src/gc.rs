@@ -69,7 +69,7 @@ impl std::fmt::Display for GcReport {
 
 /// Collects what is unreferenced and older than `grace`.
 pub async fn collect_garbage(meta: &Meta, blobs: &Blobs, grace: Duration) -> Result<GcReport, StoreError> {
-    let mut client = meta.pool().get().await?;
+    let mut client = meta.client().await?;
     let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&GC_LOCK]).await?.get(0);
     if !locked {
         return Ok(GcReport::default());

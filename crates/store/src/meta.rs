@@ -186,7 +186,7 @@ impl Meta {
     /// once (replicas starting together, a migration job): they take turns
     /// under a PostgreSQL advisory lock, and each skips what is applied.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         // A session lock: released below, or with the connection if this
         // process dies (the pooled connection is dropped on error).
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
@@ -205,13 +205,13 @@ impl Meta {
     /// Checks the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        self.pool.get().await?.simple_query("SELECT 1").await?;
+        self.client().await?.simple_query("SELECT 1").await?;
         crate::metrics::took("postgresql", "ping", started);
         Ok(())
     }
 
     pub async fn create_tenant(&self, tenant: &Name) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client
             .execute("INSERT INTO tenants (name) VALUES ($1)", &[&tenant.as_str()])
             .await
@@ -221,7 +221,7 @@ impl Meta {
 
     pub async fn create_app(&self, tenant: &Name, app: &Name) -> Result<(), StoreError> {
         let tenant_id = self.tenant_id(tenant).await?;
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client
             .execute("INSERT INTO apps (tenant_id, name) VALUES ($1, $2)", &[&tenant_id, &app.as_str()])
             .await
@@ -230,14 +230,14 @@ impl Meta {
     }
 
     pub async fn tenant_id(&self, tenant: &Name) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client.query_opt("SELECT id FROM tenants WHERE name = $1", &[&tenant.as_str()]).await?;
         row.map(|r| r.get(0)).ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))
     }
 
     /// The app's id, if the tenant has such an app.
     pub async fn app_id(&self, tenant_id: i64, app: &Name) -> Result<Option<i64>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt("SELECT id FROM apps WHERE tenant_id = $1 AND name = $2", &[&tenant_id, &app.as_str()])
             .await?;
@@ -248,7 +248,7 @@ impl Meta {
     pub async fn issue_key(&self, tenant: &Name, role: KeyRole) -> Result<ApiKey, StoreError> {
         let tenant_id = self.tenant_id(tenant).await?;
         let key = ApiKey::generate(role);
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO api_keys (id, tenant_id, role, secret_hash) VALUES ($1, $2, $3, $4)",
@@ -261,7 +261,7 @@ impl Meta {
     /// Creates an `admin` key (every tenant, on the dashboard).
     pub async fn issue_admin_key(&self) -> Result<ApiKey, StoreError> {
         let key = ApiKey::generate(KeyRole::Admin);
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO api_keys (id, role, secret_hash) VALUES ($1, 'admin', $2)",
@@ -274,7 +274,7 @@ impl Meta {
     /// Who a live key of any role is, tenant-less keys (`admin`) included;
     /// `None` when it is unknown, revoked or its secret is wrong.
     pub async fn principal(&self, key: &ApiKey) -> Result<Option<Principal>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT k.tenant_id, t.name, k.role, k.secret_hash FROM api_keys k \
@@ -298,7 +298,7 @@ impl Meta {
 
     /// Revokes a key by id; revoking twice is not an error.
     pub async fn revoke_key(&self, key_id: &str) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let n = client
             .execute("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1", &[&key_id])
             .await?;
@@ -317,7 +317,7 @@ impl Meta {
     /// The live (not revoked) key with this id, for callers that cache keys
     /// and check secrets themselves.
     pub async fn key_record(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT k.tenant_id, t.name, k.role, k.secret_hash FROM api_keys k \
@@ -337,7 +337,7 @@ impl Meta {
     /// Sets a tenant's request rate limit (used by gateways).
     pub async fn set_limit(&self, tenant: &Name, per_second: f64, burst: u32) -> Result<(), StoreError> {
         let tenant_id = self.tenant_id(tenant).await?;
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO tenant_limits (tenant_id, per_second, burst) VALUES ($1, $2, $3) \
@@ -350,7 +350,7 @@ impl Meta {
 
     /// A tenant's rate limit, if one was set: (requests per second, burst).
     pub async fn tenant_limit(&self, tenant_id: i64) -> Result<Option<(f64, u32)>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row =
             client.query_opt("SELECT per_second, burst FROM tenant_limits WHERE tenant_id = $1", &[&tenant_id]).await?;
         Ok(row.map(|r| (r.get(0), r.get::<_, i32>(1) as u32)))
@@ -359,7 +359,7 @@ impl Meta {
     /// An app's published releases and deployed version, as the gateway
     /// needs them.
     pub async fn app_releases(&self, tenant_id: i64, app: &Name) -> Result<Option<AppReleases>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         // One round trip: the app, its deployed version, and every release
         // (no rows: no such app; one row of NULLs: no release yet).
         let rows = client
@@ -405,7 +405,7 @@ impl Meta {
         app_id: i64,
         version: &semver::Version,
     ) -> Result<Option<(String, ManifestId)>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT version, manifest_id FROM releases WHERE app_id = $1 AND precedence = $2",
@@ -417,7 +417,7 @@ impl Meta {
 
     /// The manifest id of a published version, if there is one.
     pub async fn release_manifest(&self, app_id: i64, version: &str) -> Result<Option<ManifestId>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt("SELECT manifest_id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version])
             .await?;
@@ -431,7 +431,7 @@ impl Meta {
     /// Stores a prepared manifest, or marks it used again (a publish in
     /// progress keeps its manifest and chunks from garbage collection).
     pub async fn save_manifest(&self, tenant_id: i64, manifest: &SavedManifest<'_>) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let owner = manifest.owner.as_ref();
         client
             .execute(
@@ -453,7 +453,7 @@ impl Meta {
 
     /// Marks a prepared manifest used now (a commit is working on it).
     pub async fn touch_manifest(&self, tenant_id: i64, id: ManifestId) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         client
             .execute(
                 "UPDATE manifests SET touched_at = now() WHERE tenant_id = $1 AND id = $2",
@@ -465,12 +465,22 @@ impl Meta {
 
     /// The connection pool, for the domain crates (reports, alerts) that
     /// own their queries on tables this crate's migrations create.
+    /// A pooled connection; how long it took to get one (a wait for a free
+    /// connection, or a new connection) is recorded as PostgreSQL's
+    /// `acquire` latency.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let started = std::time::Instant::now();
+        let client = self.pool.get().await?;
+        crate::metrics::took("postgresql", "acquire", started);
+        Ok(client)
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
     pub async fn load_manifest(&self, tenant_id: i64, id: ManifestId) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt("SELECT body FROM manifests WHERE tenant_id = $1 AND id = $2", &[&tenant_id, &id.0.as_slice()])
             .await?;
@@ -490,7 +500,7 @@ impl Meta {
         tenant_id: Option<i64>,
         hashes: &[Hash],
     ) -> Result<HashSet<Hash>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let mut present = HashSet::new();
         // Batches keep each statement's parameter small on huge manifests.
         for batch in hashes.chunks(10_000) {
@@ -512,7 +522,7 @@ impl Meta {
     /// Records that a chunk is in S3 and that the tenant holds it. Returns
     /// whether the tenant did not hold it before.
     pub async fn record_chunk(&self, tenant_id: i64, hash: &Hash, size: u32) -> Result<bool, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let key = hash.as_bytes().as_slice();
         tx.execute("INSERT INTO chunks (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&key, &(size as i32)])
@@ -540,7 +550,7 @@ impl Meta {
     /// Records that a whole file is assembled in S3 and that the tenant's
     /// chunks rebuild it.
     pub async fn record_file(&self, tenant_id: i64, hash: &Hash, size: u64) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let size = i64::try_from(size).map_err(|_| StoreError::Integrity("file size overflows".into()))?;
         let key = hash.as_bytes().as_slice();
         let tx = client.transaction().await?;
@@ -571,7 +581,7 @@ impl Meta {
         deploy: bool,
         compatible: Option<&str>,
     ) -> Result<CommitOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let text = version.to_string();
         // Any unique conflict (same version, or same precedence) leaves the
@@ -617,7 +627,7 @@ impl Meta {
         version: &str,
         compatible: Option<&str>,
     ) -> Result<DeployOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row =
             tx.query_opt("SELECT id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version]).await?;
@@ -636,7 +646,7 @@ impl Meta {
 
     /// The version deployed now, if any.
     pub async fn deployed_version(&self, app_id: i64) -> Result<Option<String>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT r.version FROM apps a JOIN releases r ON r.id = a.deployed_release_id WHERE a.id = $1",

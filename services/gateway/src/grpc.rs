@@ -4,6 +4,7 @@
 use ferry_proto::gateway::v1 as pb;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::core::{Caller, CheckParams, Gateway};
 use crate::error::GatewayError;
@@ -15,16 +16,20 @@ fn meta_str(metadata: &MetadataMap, name: &str) -> Option<String> {
 }
 
 /// Who makes a call (the key in `authorization`, the device in
-/// `x-ferry-device`, the connection's peer address), and its message.
-fn caller<T>(request: Request<T>) -> (Caller, T) {
+/// `x-ferry-device`, the connection's peer address), its message, and the
+/// span to serve it in (a child of the caller's trace when its metadata
+/// carries `traceparent`).
+fn caller<T>(request: Request<T>, call: &'static str) -> (Caller, T, tracing::Span) {
     let source = request.extensions().get::<ferry_net::ConnInfo>().and_then(|info| info.remote_addr).map(|a| a.ip());
     let (metadata, _, message) = request.into_parts();
+    let span = tracing::info_span!("grpc", call);
+    ferry_telemetry::adopt_parent(&span, |name| meta_str(&metadata, name));
     let caller = Caller {
         authorization: meta_str(&metadata, "authorization"),
         device: meta_str(&metadata, "x-ferry-device"),
         source,
     };
-    (caller, message)
+    (caller, message, span)
 }
 
 /// The caller, with the device the message names (if it names one)
@@ -120,7 +125,7 @@ impl pb::gateway_server::Gateway for Gateway {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let (caller, req) = caller(request);
+        let (caller, req, _span) = caller(request, "watch");
         let caller = with_device(caller, req.device);
         let watcher = Gateway::watch(
             self,
@@ -144,7 +149,7 @@ impl pb::gateway_server::Gateway for Gateway {
     }
 
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let (caller, req) = caller(request);
+        let (caller, req, span) = caller(request, "check");
         let params = CheckParams {
             caller: with_device(caller, req.device),
             tenant: Some(req.tenant),
@@ -155,7 +160,7 @@ impl pb::gateway_server::Gateway for Gateway {
             have: non_empty(req.have),
         };
         let started = std::time::Instant::now();
-        let result = Gateway::check(self, &params).await;
+        let result = Gateway::check(self, &params).instrument(span).await;
         self.metrics().took("grpc", "check", started);
         match result {
             Ok(answer) => {
@@ -170,7 +175,7 @@ impl pb::gateway_server::Gateway for Gateway {
         &self,
         request: Request<pb::SubmitReportRequest>,
     ) -> Result<Response<pb::SubmitReportResponse>, Status> {
-        let (caller, req) = caller(request);
+        let (caller, req, span) = caller(request, "reports");
         let input = ferry_reports::ReportInput {
             report_id: non_empty(req.report_id),
             device_id: non_empty(req.device_id),
@@ -185,7 +190,7 @@ impl pb::gateway_server::Gateway for Gateway {
             platform: non_empty(req.platform),
         };
         let started = std::time::Instant::now();
-        let result = self.report(&caller, &input).await;
+        let result = self.report(&caller, &input).instrument(span).await;
         self.metrics().took("grpc", "reports", started);
         match result {
             Ok(accepted) => {
@@ -203,9 +208,9 @@ impl pb::gateway_server::Gateway for Gateway {
         &self,
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let (caller, req) = caller(request);
+        let (caller, req, span) = caller(request, "versions");
         let started = std::time::Instant::now();
-        let result = self.versions(&caller, &Some(req.tenant), &Some(req.app)).await;
+        let result = self.versions(&caller, &Some(req.tenant), &Some(req.app)).instrument(span).await;
         self.metrics().took("grpc", "versions", started);
         match result {
             Ok(list) => {

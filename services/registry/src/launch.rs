@@ -23,10 +23,12 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let ops = tokio::net::TcpListener::bind(config.metrics_listen).await?;
     info!(addr = %listener.local_addr()?, ops = %ops.local_addr()?, tls = tls.is_some(), bucket = %config.s3_bucket, "registry listening");
+    let lifecycle = ferry_net::Lifecycle::new();
     let admin = match config.admin_listen {
         Some(addr) => {
             let live = ferry_dashboard::Live::listen(&config.database.database_url, meta.clone()).await?;
-            let dashboard = ferry_dashboard::Dashboard::new(meta.clone(), live, dashboard_settings);
+            let dashboard =
+                ferry_dashboard::Dashboard::with_lifecycle(meta.clone(), live, dashboard_settings, lifecycle.clone());
             let admin = tokio::net::TcpListener::bind(addr).await?;
             info!(addr = %admin.local_addr()?, "dashboard listening");
             Some((dashboard, admin))
@@ -34,8 +36,7 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
     let limits = settings.listener;
-    let registry = Registry::with_settings(meta, blobs, settings);
-    let lifecycle = registry.lifecycle().clone();
+    let registry = Registry::with_settings(meta, blobs, settings).with_lifecycle(lifecycle.clone());
     tokio::spawn(lifecycle.clone().on_signals(config.listener.drain()));
     let ops = crate::serve_ops(registry.clone(), ops, limits, stopping(&lifecycle));
     let grpc = crate::serve(registry, listener, tls, stopping(&lifecycle));

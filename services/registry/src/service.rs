@@ -83,6 +83,12 @@ impl Registry {
         Self { meta, blobs, keys, settings, metrics: Default::default(), lifecycle: ferry_net::Lifecycle::new() }
     }
 
+    /// The same registry following `lifecycle` (shared with the other
+    /// listeners of its process).
+    pub fn with_lifecycle(self, lifecycle: ferry_net::Lifecycle) -> Self {
+        Self { lifecycle, ..self }
+    }
+
     /// Serving, draining or stopping: what readiness reports.
     pub fn lifecycle(&self) -> &ferry_net::Lifecycle {
         &self.lifecycle
