@@ -734,7 +734,13 @@ async fn three_gateways_share_limits_through_redis() {
     let replicas = |shared: bool| {
         let config = GatewayConfig {
             device_rate: Rate { per_second: 0.001, burst: 2 },
-            shared_limits: shared.then(|| Arc::new(ferry_gateway::SharedLimits::new(&redis.url).unwrap())),
+            // A generous timeout: how fast Redis answers on a busy machine
+            // is not what this test is about.
+            shared_limits: shared.then(|| {
+                Arc::new(
+                    ferry_gateway::SharedLimits::new(&redis.url).unwrap().with_call_timeout(Duration::from_secs(30)),
+                )
+            }),
             ..GatewayConfig::default()
         };
         let stack = &stack;

@@ -573,3 +573,32 @@ async fn replicas_migrating_at_once_all_succeed() {
     // And the schema is whole: a tenant can be created.
     replicas[0].create_tenant(&Name::parse("tenant", "acme").unwrap()).await.unwrap();
 }
+
+/// The lock is really taken: while another session holds it, a migration
+/// waits (PostgreSQL shows it waiting), and completes once it is released.
+#[tokio::test]
+async fn a_migration_waits_for_the_migration_lock() {
+    let url = ferry_testkit::fresh_database().await.unwrap();
+    let (holder, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let key: i64 = 0x6665_7272_795f_6d67;
+    holder.execute("SELECT pg_advisory_lock($1)", &[&key]).await.unwrap();
+    let meta = ferry_store::connect(&url, 2).unwrap();
+    let migration = tokio::spawn(async move { meta.migrate().await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = holder
+            .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(!migration.is_finished(), "the migration ran without waiting for the lock");
+        assert!(std::time::Instant::now() < deadline, "the migration never asked for the lock");
+        tokio::task::yield_now().await;
+    }
+    holder.execute("SELECT pg_advisory_unlock($1)", &[&key]).await.unwrap();
+    migration.await.unwrap().unwrap();
+}

@@ -126,6 +126,7 @@ async fn sigterm_under_load_loses_no_accepted_request() {
         .await
         .unwrap();
     assert_eq!(traced.status(), 200);
+    assert!(traced.headers().get("connection").is_none(), "no Connection: close while serving");
     // And over gRPC, in the call's metadata.
     let (grpc_trace, grpc_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
     let mut grpc =
@@ -147,8 +148,34 @@ async fn sigterm_under_load_loses_no_accepted_request() {
     while ready(format!("{}/readyz", http_base)).await != 503 {
         assert!(Instant::now() < deadline, "/readyz still says ready after SIGTERM");
     }
+    // gRPC health says the same, for the server as a whole ("", what
+    // Kubernetes' grpc probes ask) and for the service.
+    for service in ["", "ferry.gateway.v1.Gateway"] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.field("grpc")))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+        // Set by a task of its own as the drain begins: asked until it shows.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = tonic_health::pb::HealthCheckRequest { service: service.into() };
+            if health.check(request).await.unwrap().into_inner().status == not_serving {
+                break;
+            }
+            assert!(Instant::now() < deadline, "grpc health of {service:?} still SERVING while draining");
+            tokio::task::yield_now().await;
+        }
+    }
     // Not ready, still serving: checks go on being answered.
     wait_for_answers(50).await;
+    // ...and tell HTTP/1.1 clients to move on: kept-alive connections are
+    // closed after their answer.
+    let during = http.get(&check_url).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(during.status(), 200);
+    assert_eq!(during.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
 
     // A request in progress when the listeners close: its headers and half
     // its body are in; the rest comes after.

@@ -82,16 +82,17 @@ impl Blobs {
     /// A handle from the AWS SDK's standard environment (`AWS_ENDPOINT_URL_S3`,
     /// `AWS_REGION`, the credentials chain, ...).
     ///
-    /// `AWS_ACCESS_KEY_ID_FILE` and `AWS_SECRET_ACCESS_KEY_FILE` (files
-    /// holding the keys, as Kubernetes and Compose mount secrets) take the
-    /// place of the SDK's credential chain when set; the error names a
-    /// variable that is set wrong.
+    /// `AWS_ACCESS_KEY_ID_FILE`, `AWS_SECRET_ACCESS_KEY_FILE` and
+    /// `AWS_SESSION_TOKEN_FILE` (files holding the keys, as Kubernetes and
+    /// Compose mount secrets) take the place of the SDK's credential chain
+    /// when one is set (the others from their file or variable); the error
+    /// names a variable that is set wrong.
     pub async fn from_env(bucket: impl Into<String>, force_path_style: bool) -> Result<Self, String> {
         let mut loader = aws_config::from_env();
         let id = ferry_config::secret("AWS_ACCESS_KEY_ID")?;
         let secret = ferry_config::secret("AWS_SECRET_ACCESS_KEY")?;
-        let from_files =
-            ["AWS_ACCESS_KEY_ID_FILE", "AWS_SECRET_ACCESS_KEY_FILE"].map(|v| std::env::var_os(v).is_some());
+        let from_files = ["AWS_ACCESS_KEY_ID_FILE", "AWS_SECRET_ACCESS_KEY_FILE", "AWS_SESSION_TOKEN_FILE"]
+            .map(|v| std::env::var_os(v).is_some());
         if from_files.contains(&true) {
             let (Some(id), Some(secret)) = (id, secret) else {
                 return Err("AWS_ACCESS_KEY_ID(_FILE) and AWS_SECRET_ACCESS_KEY(_FILE) must be set together".into());

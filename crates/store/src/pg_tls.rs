@@ -26,6 +26,9 @@ pub(crate) fn parse(database_url: &str) -> Result<(tokio_postgres::Config, MakeR
     let (cleaned, root_cert) = take_tls_params(database_url);
     let mut config = tokio_postgres::Config::from_str(&cleaned).map_err(|e| invalid(&e.to_string()))?;
     if config.get_ssl_mode() != SslMode::Require {
+        if root_cert.is_some() {
+            return Err(invalid("sslrootcert is set but sslmode is not require, verify-ca or verify-full"));
+        }
         config.ssl_mode(SslMode::Disable);
     }
     let tls = connector(root_cert.as_ref())?;
@@ -37,50 +40,102 @@ fn invalid(why: &str) -> StoreError {
 }
 
 /// Removes `sslrootcert` (which tokio-postgres does not know) and turns
-/// `sslmode=verify-ca|verify-full` into `require` (which verifies here).
+/// `sslmode=verify-ca|verify-full` into `require` (which verifies here);
+/// everything else is left exactly as written.
 fn take_tls_params(url: &str) -> (String, Option<PathBuf>) {
     let mut root_cert = None;
-    let mut keep = |pair: &str| -> Option<String> {
-        let (key, value) = pair.split_once('=')?;
-        match (key.trim(), value.trim()) {
-            ("sslrootcert", path) => {
-                root_cert = Some(PathBuf::from(percent_decode(path)));
-                None
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("sslrootcert", path)) => root_cert = Some(PathBuf::from(percent_decode(path))),
+                Some(("sslmode", "verify-ca" | "verify-full")) => kept.push("sslmode=require".to_owned()),
+                _ => kept.push(pair.to_owned()),
             }
-            ("sslmode", "verify-ca" | "verify-full") => Some(format!("{key}=require")),
-            _ => Some(pair.to_owned()),
         }
-    };
-    let cleaned = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        match url.split_once('?') {
-            Some((base, query)) => {
-                let pairs: Vec<String> = query
-                    .split('&')
-                    .filter_map(|p| keep(p).or_else(|| p.find('=').is_none().then(|| p.to_owned())))
-                    .collect();
-                if pairs.is_empty() { base.to_owned() } else { format!("{base}?{}", pairs.join("&")) }
+        let cleaned = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+        return (cleaned, root_cert);
+    }
+    // key=value: values may be quoted ('...', with \' and \\ inside), so
+    // the string is cut into whole settings and only the two are touched.
+    let mut out = String::with_capacity(url.len());
+    for (setting, key, value) in settings(url) {
+        match (key, value.as_str()) {
+            ("sslrootcert", path) => root_cert = Some(PathBuf::from(path)),
+            ("sslmode", "verify-ca" | "verify-full") => out.push_str(" sslmode=require"),
+            _ => {
+                out.push(' ');
+                out.push_str(setting);
             }
-            None => url.to_owned(),
         }
-    } else {
-        url.split_whitespace()
-            .filter_map(|p| keep(p).or_else(|| p.find('=').is_none().then(|| p.to_owned())))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    (cleaned, root_cert)
+    }
+    (out.trim_start().to_owned(), root_cert)
 }
 
+/// The settings of a key=value connection string: each as written, its
+/// key, and its value unquoted.
+fn settings(s: &str) -> Vec<(&str, &str, String)> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &s[start..i];
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < bytes.len() && bytes[i] == b'=' {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut value = Vec::new();
+        if i < bytes.len() && bytes[i] == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                    i += 1;
+                }
+                value.push(bytes[i]);
+                i += 1;
+            }
+            i += 1;
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                    i += 1;
+                }
+                value.push(bytes[i]);
+                i += 1;
+            }
+        }
+        if !key.is_empty() {
+            out.push((&s[start..i.min(s.len())], key, String::from_utf8_lossy(&value).into_owned()));
+        }
+    }
+    out
+}
+
+/// `%XX` escapes of a URL's query value, decoded byte by byte.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
         {
-            out.push(b);
+            out.push(hi * 16 + lo);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -139,6 +194,14 @@ mod tests {
             ),
             ("host=db user=u sslmode=verify-ca sslrootcert=/ca.pem", "host=db user=u sslmode=require", Some("/ca.pem")),
             ("host=/run/pg user=u", "host=/run/pg user=u", None),
+            // Quoted values stay exactly as written; no percent-decoding here.
+            (
+                "host=db password='a  b\\'c' sslrootcert='/ca dir/ca%20.pem' sslmode=verify-full",
+                "host=db password='a  b\\'c' sslmode=require",
+                Some("/ca dir/ca%20.pem"),
+            ),
+            ("postgres://u@db/x?sslrootcert=%e9%", "postgres://u@db/x", Some("\u{FFFD}%")),
+            ("postgres://u@db/x?sslrootcert=%aé", "postgres://u@db/x", Some("%aé")),
         ];
         for (url, cleaned, root) in cases {
             let (got, got_root) = take_tls_params(url);
@@ -152,6 +215,8 @@ mod tests {
         assert_eq!(mode("postgres://u@db/x"), SslMode::Disable);
         assert_eq!(mode("postgres://u@db/x?sslmode=prefer"), SslMode::Disable);
         assert_eq!(mode("postgres://u@db/x?sslmode=verify-full"), SslMode::Require);
+        let lone = ferry_proto::error_chain(&parse("postgres://u@db/x?sslrootcert=/ca.pem").err().unwrap()).to_string();
+        assert!(lone.contains("sslmode is not require"), "{lone}");
         let missing = parse("postgres://u@db/x?sslmode=require&sslrootcert=/nonexistent/ca.pem").err().unwrap();
         let shown = ferry_proto::error_chain(&missing).to_string();
         assert!(shown.contains("reading DATABASE_URL") && shown.contains("sslrootcert"), "{shown}");

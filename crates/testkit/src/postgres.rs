@@ -44,7 +44,9 @@ impl Postgres {
     /// TLS, with `params` (e.g. `sslmode=require`) appended.
     pub fn tcp_url(&self, dbname: &str, params: &str) -> String {
         let port = self.tcp_port.expect("a cluster started with TLS");
-        format!("postgres://postgres@localhost:{port}/{dbname}?{params}")
+        // The name `localhost` for the certificate, the address the server
+        // listens on for the connection (not ::1, which it does not).
+        format!("postgres://postgres@localhost:{port}/{dbname}?hostaddr=127.0.0.1&{params}")
     }
 
     fn start_with(tls: Option<(&[u8], &[u8])>) -> anyhow::Result<Self> {

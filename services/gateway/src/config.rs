@@ -86,11 +86,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
     /// Redis or Valkey holding rate limits shared by every gateway replica
-    /// (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS,
-    /// `redis+unix:///path`); unset, each replica limits on its own, so N
+    /// (`redis://[user:password@]host:port[/db]` or `redis+unix:///path`;
+    /// no TLS); unset, each replica limits on its own, so N
     /// replicas allow N times the limits.
     #[arg(long, env = "FERRY_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<ferry_config::Secret>,
     #[command(flatten)]
     pub listener: ferry_net::ListenerArgs,
 }
@@ -161,8 +161,8 @@ impl ServeConfig {
             cors: crate::cors::Origins::parse(&self.cors_origins)?,
             shared_limits: self
                 .redis_url
-                .as_deref()
-                .map(|url| crate::SharedLimits::new(url).map(std::sync::Arc::new))
+                .as_ref()
+                .map(|url| crate::SharedLimits::new(url.expose()).map(std::sync::Arc::new))
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
         })

@@ -98,7 +98,25 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), close_when_draining))
         .with_state(gateway)
+}
+
+/// While the gateway drains, HTTP/1.1 answers carry `Connection: close`,
+/// so clients on kept-alive connections move to another replica during
+/// the drain rather than race the listener's close after it. (HTTP/2
+/// connections get a GOAWAY when the listener closes.)
+async fn close_when_draining(
+    State(gateway): State<Gateway>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = request.version() <= http::Version::HTTP_11;
+    let mut response = next.run(request).await;
+    if http1 && !gateway.lifecycle().is_ready() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

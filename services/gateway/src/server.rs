@@ -44,7 +44,10 @@ pub async fn serve_with_tls(
     let draining = gateway.lifecycle().clone();
     let health_task = tokio::spawn(async move {
         draining.draining().await;
+        // Both the service and the server as a whole (""), which is what
+        // Kubernetes' grpc probes and most balancers ask about.
         health.set_not_serving::<GatewayServer<Gateway>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)

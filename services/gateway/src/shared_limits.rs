@@ -3,10 +3,11 @@
 //! by one Lua script per request (atomic, on the store's own clock), so N
 //! replicas allow the configured rate once, not N times.
 //!
-//! When the store does not answer within [`CALL_TIMEOUT`] (or cannot be
-//! reached, tried again at most every [`RECONNECT_EVERY`]), each replica
-//! falls back to its own in-memory limits: requests are still limited, at
-//! up to N times the rate, rather than refused or delayed. Falling back and
+//! When the store does not answer within [`CALL_TIMEOUT`], each replica
+//! falls back to its own in-memory limits and asks the store again only
+//! after [`RECONNECT_EVERY`]: requests are still limited, at up to N times
+//! the rate, rather than refused, and no request waits longer than
+//! [`CALL_TIMEOUT`] for the store. Falling back and
 //! recovering are logged once each and counted
 //! (`ferry_gateway_rate_limit_fallbacks_total`).
 
@@ -43,7 +44,9 @@ for i, key in ipairs(KEYS) do
   tats[i] = tat + interval
 end
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', math.floor((tats[i] - now) / 1000) + 1000)
+  -- At most a day, as long as the local limiter remembers a quiet key.
+  local ttl = math.min(math.floor((tats[i] - now) / 1000) + 1000, 86400000)
+  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl)
 end
 return {0, 0}
 ";
@@ -58,61 +61,67 @@ pub(crate) enum Verdict {
 /// A connection (made on first use) to the store of shared rate limits.
 pub struct SharedLimits {
     client: redis::Client,
-    connection: tokio::sync::OnceCell<ConnectionManager>,
-    next_attempt: Mutex<Option<Instant>>,
+    connection: std::sync::OnceLock<Result<ConnectionManager, String>>,
+    /// After a failure the store is not asked again before this instant:
+    /// while it is away, requests do not each wait for it.
+    skip_until: Mutex<Option<Instant>>,
     script: redis::Script,
     degraded: AtomicBool,
+    call_timeout: Duration,
 }
 
 impl SharedLimits {
-    /// Parses the URL (`redis://`, `rediss://`, `redis+unix://`); connects
-    /// on first use. The error names `FERRY_REDIS_URL`.
+    /// Parses the URL (`redis://`, `redis+unix://`); connects on first use.
+    /// The error names `FERRY_REDIS_URL`.
     pub fn new(url: &str) -> Result<Self, String> {
+        if url.starts_with("rediss://") {
+            return Err("FERRY_REDIS_URL: rediss:// (TLS) is not supported; reach Redis over a private network or a TLS sidecar".into());
+        }
         let client = redis::Client::open(url).map_err(|e| format!("FERRY_REDIS_URL: {e}"))?;
         Ok(Self {
             client,
-            connection: tokio::sync::OnceCell::new(),
-            next_attempt: Mutex::new(None),
+            connection: std::sync::OnceLock::new(),
+            skip_until: Mutex::new(None),
             script: redis::Script::new(GCRA),
             degraded: AtomicBool::new(false),
+            call_timeout: CALL_TIMEOUT,
         })
     }
 
-    async fn connection(&self) -> Option<ConnectionManager> {
-        if let Some(connection) = self.connection.get() {
-            return Some(connection.clone());
-        }
-        {
-            let mut next = self.next_attempt.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            if next.is_some_and(|at| now < at) {
-                return None;
-            }
-            *next = Some(now + RECONNECT_EVERY);
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1);
-        match ConnectionManager::new_with_config(self.client.clone(), config).await {
-            Ok(connection) => Some(self.connection.get_or_init(|| async { connection }).await.clone()),
-            Err(e) => {
-                tracing::warn!(error = %e, "rate limits: cannot reach the shared store; each replica limits on its own meanwhile");
-                None
-            }
-        }
+    /// The same, waiting up to `timeout` for each answer instead of
+    /// [`CALL_TIMEOUT`] (tests on slow machines).
+    pub fn with_call_timeout(self, timeout: Duration) -> Self {
+        Self { call_timeout: timeout, ..self }
+    }
+
+    /// The connection manager: made once, without waiting (it connects,
+    /// and reconnects, in the background of the calls made on it).
+    fn connection(&self) -> Result<ConnectionManager, String> {
+        self.connection
+            .get_or_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(self.call_timeout))
+                    .set_number_of_retries(1);
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// Checks (and counts) one request of `tenant_id` (and `device`).
-    /// `Err` when the store cannot answer: the caller falls back.
+    /// `Err` when the store does not answer within [`CALL_TIMEOUT`], or
+    /// failed less than [`RECONNECT_EVERY`] ago: the caller falls back.
     pub(crate) async fn check(
         &self,
         tenant_id: i64,
         tenant: Rate,
         device: Option<(&str, Rate)>,
     ) -> Result<Verdict, String> {
+        if self.skip_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| Instant::now() < until) {
+            return Err("the shared store failed recently".into());
+        }
         let result = async {
-            let mut connection = self.connection().await.ok_or("no connection")?;
+            let mut connection = self.connection()?;
             let mut invocation = self.script.prepare_invoke();
             invocation.key(format!("ferry:rl:t:{tenant_id}")).arg(interval_us(tenant)).arg(tenant.burst.max(1));
             if let Some((device, rate)) = device {
@@ -121,10 +130,11 @@ impl SharedLimits {
                     .arg(interval_us(rate))
                     .arg(rate.burst.max(1));
             }
-            let answer = tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<(i64, i64)>(&mut connection))
-                .await
-                .map_err(|_| "timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+            let answer =
+                tokio::time::timeout(self.call_timeout, invocation.invoke_async::<(i64, i64)>(&mut connection))
+                    .await
+                    .map_err(|_| "timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
             Ok::<_, String>(match answer {
                 (0, _) => Verdict::Admitted,
                 (index, wait) => Verdict::Refused {
@@ -138,8 +148,11 @@ impl SharedLimits {
             Ok(_) if self.degraded.swap(false, Ordering::Relaxed) => {
                 tracing::info!("rate limits: the shared store answers again");
             }
-            Err(e) if !self.degraded.swap(true, Ordering::Relaxed) => {
-                tracing::warn!(error = %e, "rate limits: the shared store does not answer; each replica limits on its own meanwhile");
+            Err(e) => {
+                *self.skip_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + RECONNECT_EVERY);
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "rate limits: the shared store does not answer; each replica limits on its own meanwhile");
+                }
             }
             _ => {}
         }
@@ -150,11 +163,26 @@ impl SharedLimits {
 impl std::fmt::Debug for SharedLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password: not shown.
-        f.debug_struct("SharedLimits").field("connected", &self.connection.initialized()).finish_non_exhaustive()
+        f.debug_struct("SharedLimits").field("degraded", &self.degraded.load(Ordering::Relaxed)).finish_non_exhaustive()
     }
 }
 
 /// Microseconds between two requests at `rate` (at least one).
 fn interval_us(rate: Rate) -> u64 {
     (1_000_000.0 / rate.per_second.max(1e-6)).round().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_it_cannot_use_are_refused_naming_the_setting() {
+        for url in ["rediss://cache.example:6380", "http://cache.example", "not a url"] {
+            let error = SharedLimits::new(url).unwrap_err();
+            assert!(error.starts_with("FERRY_REDIS_URL: "), "{url}: {error}");
+        }
+        assert!(SharedLimits::new("redis://cache.example:6379/0").is_ok());
+        assert!(SharedLimits::new("redis+unix:///run/redis.sock").is_ok());
+    }
 }

@@ -71,7 +71,7 @@ pub struct ServeConfig {
     /// (STARTTLS required; `?tls=none` only for a relay on this host) or
     /// `smtps://...`. Unset: alerts go by webhook only.
     #[arg(long, env = "FERRY_SMTP_URL", hide_env_values = true)]
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<ferry_config::Secret>,
 
     /// File holding the SMTP password (instead of the URL's).
     #[arg(long, env = "FERRY_SMTP_PASSWORD_FILE")]
@@ -156,7 +156,7 @@ impl ServeConfig {
                             .with_context(|| format!("reading FERRY_SMTP_PASSWORD_FILE {}", p.display()))
                     })
                     .transpose()?;
-                Some(ferry_alerts::SmtpSettings { url: url.clone(), password, from })
+                Some(ferry_alerts::SmtpSettings { url: url.expose().to_owned(), password, from })
             }
         };
         let alerts = ferry_alerts::AlertSettings {

@@ -33,7 +33,7 @@ pub async fn serve(
     let draining = registry.lifecycle().clone();
     background.push(tokio::spawn(async move {
         draining.draining().await;
-        health.set_not_serving::<RegistryServer<Registry>>().await;
+        set_status(&health, tonic_health::ServingStatus::NotServing).await;
     }));
 
     let limits = registry.settings().listener;
@@ -120,15 +120,30 @@ async fn watch_dependencies(registry: Registry, health: tonic_health::server::He
             _ if !registry.lifecycle().is_ready() => return,
             Ok(()) if !healthy => {
                 tracing::info!("dependencies are back; serving");
-                health.set_serving::<RegistryServer<Registry>>().await;
+                set_status(&health, tonic_health::ServingStatus::Serving).await;
                 healthy = true;
+                // A drain that began meanwhile wins.
+                if !registry.lifecycle().is_ready() {
+                    set_status(&health, tonic_health::ServingStatus::NotServing).await;
+                    return;
+                }
             }
             Err(e) if healthy => {
                 tracing::warn!(error = %ferry_proto::error_chain(&e), "a dependency is down; reporting not serving");
-                health.set_not_serving::<RegistryServer<Registry>>().await;
+                set_status(&health, tonic_health::ServingStatus::NotServing).await;
                 healthy = false;
             }
             _ => {}
         }
+    }
+}
+
+/// Sets the registry service's status and the server's as a whole (""),
+/// which is what Kubernetes' grpc probes and most balancers ask about.
+async fn set_status(health: &tonic_health::server::HealthReporter, status: tonic_health::ServingStatus) {
+    health.set_service_status("", status).await;
+    match status {
+        tonic_health::ServingStatus::Serving => health.set_serving::<RegistryServer<Registry>>().await,
+        _ => health.set_not_serving::<RegistryServer<Registry>>().await,
     }
 }
