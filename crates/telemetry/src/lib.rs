@@ -12,6 +12,14 @@ mod propagation;
 
 pub use propagation::{adopt_parent, trace_headers};
 
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` is set): hot
+/// paths make per-request spans only then, since nobody else reads them.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -49,6 +57,7 @@ pub fn init(service: &'static str, default_level: &str) -> anyhow::Result<Guard>
     };
     // W3C trace context in and out (see `propagation`).
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(Guard { provider })

@@ -98,25 +98,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(axum::middleware::from_fn_with_state(gateway.clone(), close_when_draining))
         .with_state(gateway)
-}
-
-/// While the gateway drains, HTTP/1.1 answers carry `Connection: close`,
-/// so clients on kept-alive connections move to another replica during
-/// the drain rather than race the listener's close after it. (HTTP/2
-/// connections get a GOAWAY when the listener closes.)
-async fn close_when_draining(
-    State(gateway): State<Gateway>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let http1 = request.version() <= http::Version::HTTP_11;
-    let mut response = next.run(request).await;
-    if http1 && !gateway.lifecycle().is_ready() {
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -360,7 +342,8 @@ async fn openapi() -> Response {
 }
 
 /// Times the API's answers by route, each in a span that joins the app's
-/// trace (watches last as long as the client stays: neither).
+/// trace (watches last as long as the client stays: neither), and asks
+/// HTTP/1.1 clients to reconnect elsewhere while draining.
 async fn timed(
     State(gateway): State<Gateway>,
     route: axum::extract::MatchedPath,
@@ -374,13 +357,25 @@ async fn timed(
         _ => return next.run(request).await,
     };
     let started = std::time::Instant::now();
-    // One span per API request, a child of the app's trace when it sends
-    // `traceparent`.
-    let span = tracing::info_span!("http", call);
-    let headers = request.headers();
-    ferry_telemetry::adopt_parent(&span, |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned));
-    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    let http1 = request.version() <= http::Version::HTTP_11;
+    // When spans are exported, one per API request, a child of the app's
+    // trace when it sends `traceparent`.
+    let mut response = if ferry_telemetry::exporting() {
+        let span = tracing::info_span!("http", call);
+        let headers = request.headers();
+        ferry_telemetry::adopt_parent(&span, |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned));
+        tracing::Instrument::instrument(next.run(request), span).await
+    } else {
+        next.run(request).await
+    };
     gateway.metrics().took("http", call, started);
+    // While the gateway drains, HTTP/1.1 answers carry `Connection: close`,
+    // so clients on kept-alive connections move to another replica during
+    // the drain rather than race the listener's close after it (HTTP/2
+    // connections get a GOAWAY when the listener closes).
+    if http1 && !gateway.lifecycle().is_ready() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
