@@ -180,13 +180,13 @@ mod tests {
 }
 
 /// A secret setting's value (a URL with a password, a token): `Debug`
-/// shows none of it, so settings structs print safely.
+/// shows none of it, so settings structs print safely. Database URLs,
+/// Redis and SMTP URLs are settings of this type.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
-    /// The value, for the one place that uses it.
-    pub fn expose(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -202,5 +202,13 @@ impl std::str::FromStr for Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
     }
 }

@@ -16,36 +16,7 @@ mod embedded {
 
 /// A PostgreSQL connection string: it may carry a password, so `Debug`
 /// shows none of it (configuration structs print safely).
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for DatabaseUrl {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DatabaseUrl(<redacted>)")
-    }
-}
-
-impl std::ops::Deref for DatabaseUrl {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
+pub type DatabaseUrl = ferry_config::Secret;
 
 /// Opens a pool for `database_url` (a libpq-style URL or key=value string).
 /// Connections are made lazily; a database that is down shows up as

@@ -162,7 +162,7 @@ impl ServeConfig {
             shared_limits: self
                 .redis_url
                 .as_ref()
-                .map(|url| crate::SharedLimits::new(url.expose()).map(std::sync::Arc::new))
+                .map(|url| crate::SharedLimits::new(url.as_str()).map(std::sync::Arc::new))
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
         })

@@ -156,7 +156,7 @@ impl ServeConfig {
                             .with_context(|| format!("reading FERRY_SMTP_PASSWORD_FILE {}", p.display()))
                     })
                     .transpose()?;
-                Some(ferry_alerts::SmtpSettings { url: url.expose().to_owned(), password, from })
+                Some(ferry_alerts::SmtpSettings { url: url.as_str().to_owned(), password, from })
             }
         };
         let alerts = ferry_alerts::AlertSettings {
