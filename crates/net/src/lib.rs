@@ -27,6 +27,14 @@ pub use http::{serve_http, serve_https};
 pub use lifecycle::Lifecycle;
 pub use tls::Tls;
 
+/// Binds a listener for `setting` (e.g. `FERRY_LISTEN`); the error names
+/// the setting and the address (one already in use, say).
+pub async fn bind(addr: std::net::SocketAddr, setting: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{setting}: cannot listen on {addr}: {e}")))
+}
+
 /// Runs `server` (which begins its own graceful shutdown when `stopping`
 /// completes) and, once `stopping` completes, gives it at most `grace` to
 /// finish the requests in progress: then it is dropped with its

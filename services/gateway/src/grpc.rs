@@ -22,8 +22,14 @@ fn meta_str(metadata: &MetadataMap, name: &str) -> Option<String> {
 fn caller<T>(request: Request<T>, call: &'static str) -> (Caller, T, tracing::Span) {
     let source = request.extensions().get::<ferry_net::ConnInfo>().and_then(|info| info.remote_addr).map(|a| a.ip());
     let (metadata, _, message) = request.into_parts();
-    let span = tracing::info_span!("grpc", call);
-    ferry_telemetry::adopt_parent(&span, |name| meta_str(&metadata, name));
+    // As over HTTP: a span per call only when spans are exported.
+    let span = if ferry_telemetry::exporting() {
+        let span = tracing::info_span!("grpc", call);
+        ferry_telemetry::adopt_parent(&span, |name| meta_str(&metadata, name));
+        span
+    } else {
+        tracing::Span::none()
+    };
     let caller = Caller {
         authorization: meta_str(&metadata, "authorization"),
         device: meta_str(&metadata, "x-ferry-device"),

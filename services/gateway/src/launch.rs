@@ -20,8 +20,8 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let reports = ferry_store::connect(reports_url, 4)?;
     let gateway = Gateway::build(meta, reports, blobs, tunables, std::sync::Arc::new(std::time::SystemTime::now));
     gateway.follow(changes);
-    let http = tokio::net::TcpListener::bind(config.listen).await?;
-    let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
+    let http = ferry_net::bind(config.listen, "FERRY_LISTEN").await?;
+    let grpc = ferry_net::bind(config.grpc_listen, "FERRY_GRPC_LISTEN").await?;
     info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, tls = tls.is_some(), bucket = %config.s3_bucket, "gateway listening");
     let lifecycle = gateway.lifecycle().clone();
     tokio::spawn(lifecycle.clone().on_signals(config.listener.drain()));

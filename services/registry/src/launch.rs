@@ -20,8 +20,8 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Err(e) = blobs.ping().await {
         tracing::warn!(bucket = %config.s3_bucket, error = %ferry_proto::error_chain(&e), "s3 bucket is not reachable yet; serving anyway");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let ops = tokio::net::TcpListener::bind(config.metrics_listen).await?;
+    let listener = ferry_net::bind(config.listen, "FERRY_LISTEN").await?;
+    let ops = ferry_net::bind(config.metrics_listen, "FERRY_METRICS_LISTEN").await?;
     info!(addr = %listener.local_addr()?, ops = %ops.local_addr()?, tls = tls.is_some(), bucket = %config.s3_bucket, "registry listening");
     let lifecycle = ferry_net::Lifecycle::new();
     let admin = match config.admin_listen {
@@ -29,7 +29,7 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
             let live = ferry_dashboard::Live::listen(&config.database.database_url, meta.clone()).await?;
             let dashboard =
                 ferry_dashboard::Dashboard::with_lifecycle(meta.clone(), live, dashboard_settings, lifecycle.clone());
-            let admin = tokio::net::TcpListener::bind(addr).await?;
+            let admin = ferry_net::bind(addr, "FERRY_ADMIN_LISTEN").await?;
             info!(addr = %admin.local_addr()?, "dashboard listening");
             Some((dashboard, admin))
         }
