@@ -484,7 +484,8 @@ async fn many_concurrent_commits_with_deploy_never_deadlock() {
         let commits = (0..6).map(|i| {
             let version: semver::Version = format!("{round}.{i}.0").parse().unwrap();
             let meta = stack.meta.clone();
-            async move { meta.commit_release(tenant_id, app_id, &version, id, true, None).await }
+            let options = ferry_store::CommitOptions { deploy: true, ..Default::default() };
+            async move { meta.commit_release(tenant_id, app_id, &version, id, options).await }
         });
         for result in futures::future::join_all(commits).await {
             result.unwrap();

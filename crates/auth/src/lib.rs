@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_store::{ApiKey, Authenticated, KeyRecord, Meta, StoreError};
+use ferry_store::{ApiKey, Authenticated, KeyRecord, KeyRole, Meta, PublisherRecord, StoreError};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -200,6 +200,59 @@ impl Keys {
         self.authenticate(&key, source).await
     }
 
+    /// The caller in an `Authorization` header value: a key of one tenant,
+    /// or a `publisher` key and its tenants (the registry takes both).
+    pub async fn authenticate_caller(
+        &self,
+        authorization: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<Caller, AuthError> {
+        let key = parse_bearer(authorization)?;
+        if key.role == KeyRole::Publisher {
+            return self.authenticate_publisher(&key, source).await.map(Caller::Publisher);
+        }
+        self.authenticate(&key, source).await.map(Caller::Tenant)
+    }
+
+    /// The tenants a `publisher` key may publish for, asked from `source`;
+    /// unknown keys count against the same limits as any other. Publisher
+    /// keys are never cached: they are used by few, rarely.
+    pub async fn authenticate_publisher(
+        &self,
+        key: &ApiKey,
+        source: Option<IpAddr>,
+    ) -> Result<PublisherRecord, AuthError> {
+        let unknown = || AuthError::Unauthenticated("unknown or revoked api key".into());
+        let Some(now) = self.admit(&key.id, source)? else { return Err(unknown()) };
+        match self.inner.meta.publisher_record(&key.id).await? {
+            Some(record) if record.matches(key) => Ok(record),
+            Some(_) => Err(unknown()),
+            None => {
+                self.inner.missing.insert(key.id.clone(), ());
+                self.count_miss(source, now);
+                Err(unknown())
+            }
+        }
+    }
+
+    /// Whether an uncached lookup of `key_id` may go to the database: the
+    /// time now (for [`Keys::count_miss`]), or `None` when the id is known
+    /// to be missing; an error while its source (or everybody) is blocked.
+    fn admit(&self, key_id: &str, source: Option<IpAddr>) -> Result<Option<u64>, AuthError> {
+        let inner = &self.inner;
+        if inner.missing.contains_key(key_id) {
+            return Ok(None);
+        }
+        let now = inner.start.elapsed().as_millis() as u64;
+        let blocked_until = inner.blocked_all_until.load(Ordering::Relaxed);
+        let source_until = source.and_then(|s| inner.blocked_sources.get(&s)).unwrap_or(0);
+        let until = blocked_until.max(source_until);
+        if until > now {
+            return Err(AuthError::Throttled { retry_after: Duration::from_millis(until - now) });
+        }
+        Ok(Some(now))
+    }
+
     /// The owner of `key`, asked from `source`.
     pub async fn authenticate(&self, key: &ApiKey, source: Option<IpAddr>) -> Result<Authenticated, AuthError> {
         let record = self.record(&key.id, source).await?;
@@ -211,16 +264,7 @@ impl Keys {
         if let Some(record) = inner.found.as_ref().and_then(|f| f.get(key_id)) {
             return Ok(Some(record));
         }
-        if inner.missing.contains_key(key_id) {
-            return Ok(None);
-        }
-        let now = inner.start.elapsed().as_millis() as u64;
-        let blocked_until = inner.blocked_all_until.load(Ordering::Relaxed);
-        let source_until = source.and_then(|s| inner.blocked_sources.get(&s)).unwrap_or(0);
-        let until = blocked_until.max(source_until);
-        if until > now {
-            return Err(AuthError::Throttled { retry_after: Duration::from_millis(until - now) });
-        }
+        let Some(now) = self.admit(key_id, source)? else { return Ok(None) };
         match inner.meta.key_record(key_id).await? {
             Some(record) => {
                 if let Some(found) = &inner.found {
@@ -270,6 +314,15 @@ impl Keys {
         }
         self.inner.missing.invalidate_all();
     }
+}
+
+/// Who is calling the registry.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A key of one tenant (its role says what it may do).
+    Tenant(Authenticated),
+    /// A `publisher` key: publishes for each of its tenants.
+    Publisher(PublisherRecord),
 }
 
 /// The key in an `Authorization` header value.

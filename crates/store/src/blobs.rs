@@ -3,7 +3,9 @@
 //! Layout, all content addressed by BLAKE3 (lowercase hex):
 //! - `chunks/<hash>`: one content-defined chunk, stored once for all tenants;
 //! - `files/<hash>`: a whole artifact file, byte-identical to what the agent
-//!   packed, so a phone can fetch it with one presigned GET (S3-4).
+//!   packed, so a phone can fetch it with one presigned GET (S3-4). A tenant
+//!   placed on a [`Location`] has its files at `<prefix>files/<hash>` in the
+//!   location's bucket instead ([`Blobs::at`]); chunks stay here.
 //!
 //! Requests avoid aws-chunked uploads and checksum trailers (checksums only
 //! when the API requires them) and use path-style addressing by default, so
@@ -27,6 +29,7 @@ use ferry_release::{FileEntry, Hash};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::StoreError;
+use crate::locations::Location;
 
 /// Part size of multipart uploads when assembling large files (S3 wants at
 /// least 5 MiB for all parts but the last).
@@ -76,6 +79,14 @@ pub struct Blobs {
     /// The credentials last used for presigning, reused while they outlast
     /// a URL signed now (so the provider is not asked on every presign).
     signing: Arc<Mutex<Option<Credentials>>>,
+    /// Where assembled files are written and read: the bucket above unless
+    /// this handle is [`Blobs::at`] a location.
+    files_bucket: String,
+    /// Prepended to `files/<hash>` (empty, or ending in `/`).
+    files_prefix: String,
+    /// Scheme and host put in presigned URLs instead of the endpoint the
+    /// services use (phones reach S3 or a CDN by another name).
+    public_endpoint: Option<String>,
 }
 
 impl Blobs {
@@ -102,7 +113,7 @@ impl Blobs {
         }
         let shared = loader.load().await;
         let client = Client::from_conf(portable(aws_sdk_s3::config::Builder::from(&shared), force_path_style).build());
-        Ok(Self { client, bucket: bucket.into(), credentials: shared.credentials_provider(), signing: Arc::default() })
+        Ok(Self::new(client, bucket.into(), shared.credentials_provider()))
     }
 
     /// A handle from explicit settings (tests, tools).
@@ -133,7 +144,55 @@ impl Blobs {
             builder = builder.endpoint_url(endpoint);
         }
         let client = Client::from_conf(portable(builder, s.force_path_style).build());
-        Self { client, bucket: bucket.into(), credentials: Some(creds), signing: Arc::default() }
+        Self::new(client, bucket.into(), Some(creds))
+    }
+
+    fn new(client: Client, bucket: String, credentials: Option<SharedCredentialsProvider>) -> Self {
+        Self {
+            client,
+            files_bucket: bucket.clone(),
+            bucket,
+            credentials,
+            signing: Arc::default(),
+            files_prefix: String::new(),
+            public_endpoint: None,
+        }
+    }
+
+    /// The same handle, putting `endpoint` (`https://host[:port]`) in
+    /// presigned URLs instead of the endpoint it connects to.
+    pub fn with_public_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.public_endpoint = endpoint.map(|e| e.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// The handle for files at `location` (`None`: the registry's bucket):
+    /// files are assembled, read and presigned there; chunks stay in the
+    /// registry's bucket. A location without a public endpoint of its own
+    /// uses this handle's.
+    pub fn at(&self, location: Option<&Location>) -> Blobs {
+        let mut at = self.clone();
+        if let Some(location) = location {
+            at.files_bucket = location.bucket.clone();
+            at.files_prefix = location.prefix.clone();
+            if let Some(endpoint) = &location.public_endpoint {
+                at.public_endpoint = Some(endpoint.clone());
+            }
+        } else {
+            at.files_bucket = self.bucket.clone();
+            at.files_prefix = String::new();
+        }
+        at
+    }
+
+    /// The object key of an assembled file, under this handle's prefix.
+    pub fn file_object(&self, hash: &Hash) -> String {
+        format!("{}{}", self.files_prefix, file_key(hash))
+    }
+
+    /// The bucket assembled files are in.
+    pub fn files_bucket(&self) -> &str {
+        &self.files_bucket
     }
 
     pub fn client(&self) -> &Client {
@@ -154,7 +213,7 @@ impl Blobs {
     }
 
     pub async fn put_chunk(&self, hash: &Hash, data: Bytes) -> Result<(), StoreError> {
-        self.put(chunk_key(hash), data).await
+        self.put(&self.bucket, chunk_key(hash), data).await
     }
 
     pub async fn get_chunk(&self, hash: &Hash) -> Result<Bytes, StoreError> {
@@ -208,7 +267,7 @@ impl Blobs {
     /// otherwise nothing is left behind and the answer is
     /// [`StoreError::Mismatch`].
     pub async fn assemble_file(&self, file: &FileEntry) -> Result<(), StoreError> {
-        let key = file_key(&file.hash);
+        let key = self.file_object(&file.hash);
         let mut chunks = std::pin::pin!(self.chunks_of(file));
         if file.size <= PART_SIZE as u64 {
             let mut body = BytesMut::with_capacity(file.size as usize);
@@ -216,12 +275,12 @@ impl Blobs {
                 body.extend_from_slice(&chunk);
             }
             verify(file, body.len() as u64, blake3::hash(&body))?;
-            return self.put(key, body.freeze()).await;
+            return self.put(&self.files_bucket, key, body.freeze()).await;
         }
         let upload = self
             .client
             .create_multipart_upload()
-            .bucket(&self.bucket)
+            .bucket(&self.files_bucket)
             .key(&key)
             .send()
             .await
@@ -245,7 +304,7 @@ impl Blobs {
                     let out = self
                         .client
                         .upload_part()
-                        .bucket(&self.bucket)
+                        .bucket(&self.files_bucket)
                         .key(&key)
                         .upload_id(&upload_id)
                         .part_number(number)
@@ -263,7 +322,7 @@ impl Blobs {
             verify(file, size, hasher.finalize())?;
             self.client
                 .complete_multipart_upload()
-                .bucket(&self.bucket)
+                .bucket(&self.files_bucket)
                 .key(&key)
                 .upload_id(&upload_id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
@@ -274,8 +333,14 @@ impl Blobs {
         }
         .await;
         if result.is_err() {
-            let abort =
-                self.client.abort_multipart_upload().bucket(&self.bucket).key(&key).upload_id(&upload_id).send().await;
+            let abort = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.files_bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
             if let Err(e) = abort {
                 tracing::warn!(key = %key, error = %ferry_proto::error_chain(&e), "aborting multipart upload failed; a bucket lifecycle rule cleans it up");
             }
@@ -305,7 +370,11 @@ impl Blobs {
         let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
         let mut lifetime = Duration::from_secs(lifetime.min(MAX_PRESIGN).as_secs());
-        let mut request = self.client.get_object().bucket(&self.bucket).key(file_key(hash)).customize();
+        let mut request = self.client.get_object().bucket(&self.files_bucket).key(self.file_object(hash)).customize();
+        let mut overrides = aws_sdk_s3::config::Builder::new();
+        if let Some(endpoint) = &self.public_endpoint {
+            overrides = overrides.endpoint_url(endpoint);
+        }
         if let Some(provider) = &self.credentials {
             // Sign with the very credentials whose expiry bounds the URL: a
             // URL cannot outlive the credentials that signed it.
@@ -314,8 +383,9 @@ impl Blobs {
                 let left = expiry.duration_since(now).unwrap_or_default();
                 lifetime = lifetime.min(Duration::from_secs(left.as_secs()));
             }
-            request = request.config_override(aws_sdk_s3::config::Builder::new().credentials_provider(creds));
+            overrides = overrides.credentials_provider(creds);
         }
+        request = request.config_override(overrides);
         if lifetime < Duration::from_secs(1) {
             return Err(StoreError::Unavailable {
                 what: "s3 credentials",
@@ -360,8 +430,8 @@ impl Blobs {
         let out = self
             .client
             .get_object()
-            .bucket(&self.bucket)
-            .key(file_key(hash))
+            .bucket(&self.files_bucket)
+            .key(self.file_object(hash))
             .send()
             .await
             .map_err(|e| s3_error("get file", e))?;
@@ -409,12 +479,12 @@ impl Blobs {
         Ok(())
     }
 
-    async fn put(&self, key: String, data: Bytes) -> Result<(), StoreError> {
+    async fn put(&self, bucket: &str, key: String, data: Bytes) -> Result<(), StoreError> {
         let started = Instant::now();
         let sent = self
             .client
             .put_object()
-            .bucket(&self.bucket)
+            .bucket(bucket)
             .key(key)
             .content_length(data.len() as i64)
             .body(ByteStream::from(data))

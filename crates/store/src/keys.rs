@@ -20,6 +20,9 @@ pub enum KeyRole {
     /// Sees its own tenant on the registry's dashboard (the tenant's
     /// administrators).
     Operator,
+    /// Publishes and deploys releases for a set of tenants (the vendor's
+    /// build pipeline, publishing per-tenant variants); belongs to none.
+    Publisher,
 }
 
 impl KeyRole {
@@ -29,6 +32,7 @@ impl KeyRole {
             KeyRole::Client => "client",
             KeyRole::Admin => "admin",
             KeyRole::Operator => "operator",
+            KeyRole::Publisher => "publisher",
         }
     }
 
@@ -38,6 +42,7 @@ impl KeyRole {
             "client" => Some(KeyRole::Client),
             "admin" => Some(KeyRole::Admin),
             "operator" => Some(KeyRole::Operator),
+            "publisher" => Some(KeyRole::Publisher),
             _ => None,
         }
     }

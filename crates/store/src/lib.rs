@@ -9,16 +9,20 @@ mod changes;
 mod error;
 mod gc;
 mod keys;
+mod locations;
 mod meta;
 pub mod metrics;
 mod pg_tls;
+mod publishers;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
 pub use changes::{Change, Notice, listen, listen_channel};
 pub use error::StoreError;
 pub use gc::{GcReport, collect_garbage};
 pub use keys::{ApiKey, KeyRole, TokenError};
+pub use locations::{Location, validate_endpoint, validate_location};
 pub use meta::{
-    AppReleases, Authenticated, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, Principal, ReleaseRow,
-    SavedManifest, connect, ensure_same_release,
+    AppReleases, Authenticated, CommitOptions, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, Principal,
+    ReleaseRow, SavedManifest, connect, ensure_same_release,
 };
+pub use publishers::PublisherRecord;

@@ -111,6 +111,21 @@ pub struct ReleaseRow {
     pub published_at: std::time::SystemTime,
     /// The client versions that still work with it (a semver requirement).
     pub compatible: Option<String>,
+    /// Where its files are (`None`: the registry's bucket).
+    pub location: Option<crate::Location>,
+}
+
+/// How a release is committed, beyond what it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitOptions<'a> {
+    /// Also record it as deployed.
+    pub deploy: bool,
+    /// The client versions that still work with it (a semver requirement,
+    /// validated by the caller), when given.
+    pub compatible: Option<&'a str>,
+    /// The location its files were assembled at (`None`: the registry's
+    /// bucket); recorded once, with the release.
+    pub location_id: Option<i64>,
 }
 
 /// A manifest as the registry stores it.
@@ -337,10 +352,12 @@ impl Meta {
             .query(
                 "SELECT a.id, d.version, r.version, r.manifest_id, r.created_at, r.compatible, m.content_id, \
                  m.owner_tenant, m.owner_app, \
-                 (SELECT max(id) FROM deployments WHERE app_id = a.id) FROM apps a \
+                 (SELECT max(id) FROM deployments WHERE app_id = a.id), \
+                 l.id, l.bucket, l.prefix, l.public_endpoint FROM apps a \
                  LEFT JOIN releases d ON d.id = a.deployed_release_id \
                  LEFT JOIN releases r ON r.app_id = a.id \
                  LEFT JOIN manifests m ON m.tenant_id = r.tenant_id AND m.id = r.manifest_id \
+                 LEFT JOIN locations l ON l.id = r.location_id \
                  WHERE a.tenant_id = $1 AND a.name = $2",
                 &[&tenant_id, &app.as_str()],
             )
@@ -363,6 +380,7 @@ impl Meta {
                 },
                 published_at: row.get(4),
                 compatible: row.get(5),
+                location: row.get::<_, Option<i64>>(10).map(|_| crate::locations::location(row, 10)),
             });
         }
         Ok(Some(AppReleases { app_id, deployed, deployment_seq, releases }))
@@ -541,17 +559,16 @@ impl Meta {
     /// one differing only in build metadata) is a [`StoreError::Conflict`]
     /// naming the release already there.
     ///
-    /// `compatible` (a semver requirement, validated by the caller) sets the
-    /// client versions that still work with the release, when given.
+    /// See [`CommitOptions`] for the rest.
     pub async fn commit_release(
         &self,
         tenant_id: i64,
         app_id: i64,
         version: &semver::Version,
         manifest: ManifestId,
-        deploy: bool,
-        compatible: Option<&str>,
+        options: CommitOptions<'_>,
     ) -> Result<CommitOutcome, StoreError> {
+        let CommitOptions { deploy, compatible, location_id } = options;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let text = version.to_string();
@@ -560,9 +577,9 @@ impl Meta {
         // makes a concurrent insert wait for the winner's commit.
         let inserted = tx
             .query_opt(
-                "INSERT INTO releases (tenant_id, app_id, version, manifest_id) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT DO NOTHING RETURNING id",
-                &[&tenant_id, &app_id, &text, &manifest.0.as_slice()],
+                "INSERT INTO releases (tenant_id, app_id, version, manifest_id, location_id) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id",
+                &[&tenant_id, &app_id, &text, &manifest.0.as_slice(), &location_id],
             )
             .await?;
         let created = inserted.is_some();

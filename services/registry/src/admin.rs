@@ -20,13 +20,43 @@ pub enum AdminCommand {
     /// Issues an API key and prints it (only the key) on stdout. It is
     /// stored hashed: it cannot be shown again.
     IssueKey {
-        /// The key's tenant; omitted only for `--role admin`.
+        /// The key's tenant; omitted only for `--role admin` and `--role
+        /// publisher`.
         tenant: Option<String>,
-        /// `agent` publishes and deploys; `client` asks the gateway;
+        /// `agent` publishes and deploys for its tenant; `publisher`
+        /// publishes and deploys for the `--tenants` it names (the vendor's
+        /// build pipeline, publishing variants); `client` asks the gateway;
         /// `operator` sees its tenant on the dashboard; `admin` sees every
         /// tenant on the dashboard (and names no tenant).
-        #[arg(long, value_parser = ["agent", "client", "operator", "admin"])]
+        #[arg(long, value_parser = ["agent", "publisher", "client", "operator", "admin"])]
         role: String,
+        /// With `--role publisher`: the tenants it may publish for,
+        /// comma-separated (e.g. acme,globex).
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
+    },
+    /// Places a tenant's files on their own download location (S1-9): the
+    /// releases it publishes from now on are assembled in BUCKET (under
+    /// PREFIX) and their presigned URLs name PUBLIC_ENDPOINT. Releases
+    /// already published keep their location. The registry's S3
+    /// credentials must be able to write the bucket, and the gateway's to
+    /// read it.
+    SetLocation {
+        tenant: String,
+        /// The bucket (it must exist).
+        #[arg(long, required_unless_present = "clear")]
+        bucket: Option<String>,
+        /// Scheme and host put in the tenant's presigned URLs, e.g.
+        /// https://cdn-3.example.com (default: FERRY_S3_PUBLIC_ENDPOINT of
+        /// the gateway, else its S3 endpoint).
+        #[arg(long)]
+        public_endpoint: Option<String>,
+        /// A key prefix inside the bucket, ending in '/', e.g. tenants/acme/.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Puts the tenant's new releases back in the registry's bucket.
+        #[arg(long, conflicts_with_all = ["bucket", "public_endpoint", "prefix"])]
+        clear: bool,
     },
     /// Sets a tenant's rate limit at the access gateway: sustained requests
     /// per second and burst size. Running gateways apply it within seconds.
@@ -87,9 +117,26 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
             meta.create_app(&tenant, &app).await?;
             format!("created app {tenant}/{app}")
         }
-        AdminCommand::IssueKey { tenant, role } => {
+        AdminCommand::IssueKey { tenant, role, tenants } => {
             let role = KeyRole::parse(&role).expect("clap restricts the role");
+            if role != KeyRole::Publisher && !tenants.is_empty() {
+                anyhow::bail!("--tenants is for --role publisher; a key of role {role} has one tenant");
+            }
             let (key, whose) = match (role, tenant) {
+                (KeyRole::Publisher, Some(tenant)) => {
+                    anyhow::bail!("a publisher key names its tenants with --tenants, not {tenant:?}")
+                }
+                (KeyRole::Publisher, None) => {
+                    if tenants.is_empty() {
+                        anyhow::bail!("a publisher key needs --tenants (e.g. --tenants acme,globex)");
+                    }
+                    let mut names = tenants.iter().map(|t| name("tenant", t.trim())).collect::<Result<Vec<_>, _>>()?;
+                    names.sort();
+                    names.dedup();
+                    let key = meta.issue_publisher_key(&names).await?;
+                    let list = names.iter().map(Name::as_str).collect::<Vec<_>>().join(", ");
+                    (key, format!("tenants {list}"))
+                }
                 (KeyRole::Admin, None) => (meta.issue_admin_key().await?, "every tenant".to_owned()),
                 (KeyRole::Admin, Some(tenant)) => {
                     anyhow::bail!("an admin key sees every tenant and names none: drop {tenant:?}")
@@ -120,6 +167,25 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
             }
             meta.set_limit(&tenant, per_second, burst).await?;
             format!("tenant {tenant} may make {per_second} requests per second, bursts of {burst}")
+        }
+        AdminCommand::SetLocation { tenant, bucket, public_endpoint, prefix, clear } => {
+            let tenant = name("tenant", &tenant)?;
+            if clear {
+                meta.clear_location(&tenant).await?;
+                format!("new releases of tenant {tenant} go to the registry's bucket")
+            } else {
+                let bucket = bucket.expect("clap requires --bucket without --clear");
+                ferry_store::validate_location(&bucket, &prefix, public_endpoint.as_deref())
+                    .map_err(anyhow::Error::msg)?;
+                let at = meta.set_location(&tenant, &bucket, &prefix, public_endpoint.as_deref()).await?;
+                format!(
+                    "new releases of tenant {tenant} go to s3://{}/{}files/, linked through {}; releases already \
+                     published stay where they are",
+                    at.bucket,
+                    at.prefix,
+                    at.public_endpoint.as_deref().unwrap_or("the gateway's public endpoint")
+                )
+            }
         }
         AdminCommand::RevokeKey { key } => {
             let id = ApiKey::parse(&key).map(|k| k.id).unwrap_or(key);

@@ -66,9 +66,9 @@ where
                 return inner.call(req).await;
             }
             let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            match keys.authenticate_header(header, source(&req)).await {
-                Ok(auth) => {
-                    req.extensions_mut().insert(auth);
+            match keys.authenticate_caller(header, source(&req)).await {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
                     inner.call(req).await
                 }
                 Err(e) => Ok(refusal(e).into_http()),

@@ -6,9 +6,10 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
+use ferry_auth::Caller;
 use ferry_proto::registry::v1 as pb;
 use ferry_release::{CHUNK_MAX, Hash, Manifest, ManifestId, Name, parse_version};
-use ferry_store::{Authenticated, Blobs, KeyRole, Meta};
+use ferry_store::{Authenticated, Blobs, CommitOptions, KeyRole, Meta};
 use futures::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
@@ -72,6 +73,16 @@ pub struct Registry {
     lifecycle: ferry_net::Lifecycle,
 }
 
+/// A caller allowed to act for one tenant.
+pub(crate) struct Actor {
+    /// The tenant acted for, and the key.
+    auth: Authenticated,
+    /// Whose holdings count as the caller's: its own tenant's, or every
+    /// tenant a publisher key publishes for (it knows all their content).
+    scope: Vec<i64>,
+    publisher: bool,
+}
+
 impl Registry {
     /// A registry with default settings (call inside a Tokio runtime).
     pub fn new(meta: Meta, blobs: Blobs) -> Self {
@@ -130,40 +141,65 @@ impl Registry {
     }
 
     /// Checks the caller (authenticated before its message was decoded, see
-    /// `auth.rs`) holds an agent key of `tenant`.
+    /// `auth.rs`) may publish for `tenant`: an agent key of `tenant`, or a
+    /// publisher key issued for it.
     async fn authorize(
         &self,
         extensions: &tonic::Extensions,
         metadata: &MetadataMap,
         tenant: &str,
-    ) -> Result<Authenticated, RegistryError> {
+    ) -> Result<Actor, RegistryError> {
         let tenant = parse_name("tenant", tenant)?;
-        let auth = self.caller(extensions, metadata).await?;
-        if auth.role != KeyRole::Agent {
-            return Err(RegistryError::PermissionDenied(format!(
-                "this is {} {} key; publishing needs an agent key",
+        match self.caller(extensions, metadata).await? {
+            Caller::Tenant(auth) if auth.role != KeyRole::Agent => Err(RegistryError::PermissionDenied(format!(
+                "this is {} {} key; publishing needs an agent or publisher key",
                 if auth.role == KeyRole::Client { "a" } else { "an" },
                 auth.role
-            )));
+            ))),
+            Caller::Tenant(auth) if auth.tenant != tenant => {
+                Err(RegistryError::PermissionDenied(format!("this agent key is not valid for tenant {tenant}")))
+            }
+            Caller::Tenant(auth) => Ok(Actor { scope: vec![auth.tenant_id], publisher: false, auth }),
+            Caller::Publisher(record) => {
+                let Some(tenant_id) = record.tenant_id(&tenant) else {
+                    return Err(RegistryError::PermissionDenied(format!(
+                        "this publisher key is not valid for tenant {tenant}; it publishes for {}",
+                        record.tenants.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                };
+                let auth = Authenticated { key_id: record.key_id.clone(), tenant_id, tenant, role: KeyRole::Publisher };
+                Ok(Actor { scope: record.tenant_ids(), publisher: true, auth })
+            }
         }
-        if auth.tenant != tenant {
-            return Err(RegistryError::PermissionDenied(format!("this agent key is not valid for tenant {tenant}")));
-        }
-        Ok(auth)
     }
 
     /// Who is calling: as the authentication layer found, or (for a service
     /// used without it) looked up now.
-    async fn caller(
+    async fn caller(&self, extensions: &tonic::Extensions, metadata: &MetadataMap) -> Result<Caller, RegistryError> {
+        if let Some(caller) = extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.keys.authenticate_caller(header, None).await.map_err(RegistryError::from)
+    }
+
+    async fn identity(
         &self,
         extensions: &tonic::Extensions,
         metadata: &MetadataMap,
-    ) -> Result<Authenticated, RegistryError> {
-        if let Some(auth) = extensions.get::<Authenticated>() {
-            return Ok(auth.clone());
-        }
-        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        self.keys.authenticate_header(header, None).await.map_err(RegistryError::from)
+    ) -> Result<pb::IdentityResponse, RegistryError> {
+        Ok(match self.caller(extensions, metadata).await? {
+            Caller::Tenant(auth) => pb::IdentityResponse {
+                role: auth.role.to_string(),
+                key_id: auth.key_id,
+                tenants: vec![auth.tenant.to_string()],
+            },
+            Caller::Publisher(record) => pb::IdentityResponse {
+                role: KeyRole::Publisher.to_string(),
+                key_id: record.key_id,
+                tenants: record.tenants.into_iter().map(|(_, name)| name.to_string()).collect(),
+            },
+        })
     }
 
     async fn app_id(&self, auth: &Authenticated, app: &str) -> Result<i64, RegistryError> {
@@ -178,9 +214,10 @@ impl Registry {
 
     async fn prepare(
         &self,
-        auth: &Authenticated,
+        actor: &Actor,
         req: pb::PrepareReleaseRequest,
     ) -> Result<pb::PrepareReleaseResponse, RegistryError> {
+        let auth = &actor.auth;
         let app_id = self.app_id(auth, &req.app).await?;
         let manifest =
             Manifest::decode(&req.manifest).map_err(|e| RegistryError::InvalidArgument(format!("manifest: {e}")))?;
@@ -203,7 +240,13 @@ impl Registry {
         }
         self.meta.save_manifest(auth.tenant_id, &ferry_store::SavedManifest::of(&manifest, &req.manifest)).await?;
         let chunks: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
-        let held = self.meta.tenant_chunks(auth.tenant_id, &chunks).await?;
+        // A publisher's tenants' chunks are claimed for this one: sent once,
+        // stored once. An agent learns only what its own tenant holds.
+        let held = if actor.publisher {
+            self.meta.claim_chunks(auth.tenant_id, &actor.scope, &chunks).await?
+        } else {
+            self.meta.tenant_chunks(auth.tenant_id, &chunks).await?
+        };
         let reused: u64 =
             manifest.unique_chunks().iter().filter(|c| held.contains(&c.hash)).map(|c| u64::from(c.len)).sum();
         self.metrics.reused(reused);
@@ -233,7 +276,7 @@ impl Registry {
         let Some(first) = stream.message().await.map_err(stream_error)? else {
             return Ok(pb::UploadChunksResponse::default());
         };
-        let auth = self.authorize(extensions, metadata, &first.tenant).await?;
+        let auth = self.authorize(extensions, metadata, &first.tenant).await?.auth;
         let mut response = pb::UploadChunksResponse::default();
         // Spawned, so stores keep going while the next message is awaited
         // (no half-done transaction waits on a slow client), and detached:
@@ -284,9 +327,10 @@ impl Registry {
 
     async fn commit(
         &self,
-        auth: &Authenticated,
+        actor: &Actor,
         req: pb::CommitReleaseRequest,
     ) -> Result<pb::CommitReleaseResponse, RegistryError> {
+        let auth = &actor.auth;
         let app_id = self.app_id(auth, &req.app).await?;
         let id = ManifestId::from_slice(&req.manifest_id)
             .ok_or_else(|| RegistryError::InvalidArgument("manifest_id must be 32 bytes".into()))?;
@@ -304,23 +348,35 @@ impl Registry {
         // In use: garbage collection leaves it (and its chunks) alone.
         self.meta.touch_manifest(auth.tenant_id, id).await?;
         let version = manifest.version.to_string();
+        // Where this release's files go (S1-9), read once: the release
+        // records the location its files were assembled at.
+        let location = self.meta.tenant_location(auth.tenant_id).await?;
         match self.meta.release_like(app_id, &manifest.version).await? {
             // A retried commit: nothing to assemble.
             Some(existing) => ferry_store::ensure_same_release(&existing, &manifest.version, id)?,
-            None => self.assemble(auth, &manifest).await?,
+            None => self.assemble(actor, &manifest, location.as_ref()).await?,
         }
         let compatible = parse_compatible(&req.compatible)?;
-        let outcome = self
-            .meta
-            .commit_release(auth.tenant_id, app_id, &manifest.version, id, req.deploy, compatible.as_deref())
-            .await?;
+        let options = CommitOptions {
+            deploy: req.deploy,
+            compatible: compatible.as_deref(),
+            location_id: location.as_ref().map(|l| l.id),
+        };
+        let outcome = self.meta.commit_release(auth.tenant_id, app_id, &manifest.version, id, options).await?;
         info!(%version, manifest = %id, created = outcome.created, deployed = outcome.deployed, "release committed");
         Ok(pb::CommitReleaseResponse { version, created: outcome.created, deployed: outcome.deployed })
     }
 
-    /// Makes sure every file of `manifest` is assembled in S3, after checking
-    /// the tenant uploaded (or holds) every chunk.
-    async fn assemble(&self, auth: &Authenticated, manifest: &Manifest) -> Result<(), RegistryError> {
+    /// Makes sure every file of `manifest` is assembled in S3 (at the
+    /// tenant's location, if it has one), after checking the tenant
+    /// uploaded (or holds) every chunk.
+    async fn assemble(
+        &self,
+        actor: &Actor,
+        manifest: &Manifest,
+        location: Option<&ferry_store::Location>,
+    ) -> Result<(), RegistryError> {
+        let auth = &actor.auth;
         let chunks: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
         let held = self.meta.tenant_chunks(auth.tenant_id, &chunks).await?;
         let missing = chunks.iter().filter(|h| !held.contains(*h)).count();
@@ -333,26 +389,43 @@ impl Registry {
         let mut seen = HashSet::new();
         let files: Vec<_> = manifest.files().filter(|f| seen.insert(f.hash)).collect();
         let hashes: Vec<Hash> = files.iter().map(|f| f.hash).collect();
-        let proved = self.meta.tenant_files(auth.tenant_id, &hashes).await?;
-        let stored = self.meta.files_stored(&hashes).await?;
-        let mut pending = files.into_iter().filter(|f| !proved.contains(&f.hash)).cloned();
+        let (stored, proved) = match location {
+            Some(location) => self.meta.location_files(location.id, auth.tenant_id, &hashes).await?,
+            // What one of a publisher's tenants proved, the publisher did.
+            None if actor.publisher => {
+                (self.meta.files_stored(&hashes).await?, self.meta.scope_files(&actor.scope, &hashes).await?)
+            }
+            None => (self.meta.files_stored(&hashes).await?, self.meta.tenant_files(auth.tenant_id, &hashes).await?),
+        };
+        let blobs = self.blobs.at(location);
+        let location_id = location.map(|l| l.id);
+        // A publisher's files are all recorded for this tenant (those its
+        // scope proved, without reading them again).
+        let mut pending = files.into_iter().filter(|f| actor.publisher || !proved.contains(&f.hash)).cloned();
         // Spawned tasks, so assembling (hashing, S3 I/O) uses every core.
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             while tasks.len() < ASSEMBLE_CONCURRENCY {
                 let Some(file) = pending.next() else { break };
-                let (this, tenant_id) = (self.clone(), auth.tenant_id);
+                let (this, blobs, tenant_id) = (self.clone(), blobs.clone(), auth.tenant_id);
                 // A file someone else assembled is only checked: this
                 // tenant's chunks must rebuild it before its release may use
                 // it, so a hash alone reveals or grants nothing.
-                let exists = stored.contains(&file.hash);
+                let (exists, proved) = (stored.contains(&file.hash), proved.contains(&file.hash));
                 tasks.spawn(async move {
-                    if exists {
-                        this.blobs.verify_file(&file).await?;
+                    if proved {
+                        // Proved by the scope: recorded for this tenant only.
+                    } else if exists {
+                        blobs.verify_file(&file).await?;
                     } else {
-                        this.blobs.assemble_file(&file).await?;
+                        blobs.assemble_file(&file).await?;
                     }
-                    this.meta.record_file(tenant_id, &file.hash, file.size).await?;
+                    match location_id {
+                        Some(location_id) => {
+                            this.meta.record_location_file(location_id, tenant_id, &file.hash, file.size).await?
+                        }
+                        None => this.meta.record_file(tenant_id, &file.hash, file.size).await?,
+                    }
                     Ok::<_, RegistryError>(())
                 });
             }
@@ -363,7 +436,8 @@ impl Registry {
         }
     }
 
-    async fn deploy(&self, auth: &Authenticated, req: pb::DeployRequest) -> Result<pb::DeployResponse, RegistryError> {
+    async fn deploy(&self, actor: &Actor, req: pb::DeployRequest) -> Result<pb::DeployResponse, RegistryError> {
+        let auth = &actor.auth;
         let app_id = self.app_id(auth, &req.app).await?;
         let version =
             parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
@@ -519,6 +593,20 @@ impl pb::registry_server::Registry for Registry {
         .await
         .map_err(|e: RegistryError| e.into());
         self.metrics.call("deploy", started, &result);
+        result
+    }
+
+    async fn identity(&self, request: Request<pb::IdentityRequest>) -> Result<Response<pb::IdentityResponse>, Status> {
+        let started = Instant::now();
+        let (metadata, extensions, _) = request.into_parts();
+        let span = tracing::info_span!("identity");
+        adopt_parent(&span, &metadata);
+        let result = Registry::identity(self, &extensions, &metadata)
+            .instrument(span)
+            .await
+            .map(Response::new)
+            .map_err(|e: RegistryError| e.into());
+        self.metrics.call("identity", started, &result);
         result
     }
 }
