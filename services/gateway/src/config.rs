@@ -36,6 +36,13 @@ pub struct ServeConfig {
     /// Path-style S3 addressing; `false` for virtual-hosted style.
     #[arg(long, env = "FERRY_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub s3_path_style: bool,
+    /// Scheme and host put in presigned URLs when phones reach S3 (or a CDN
+    /// in front of it that passes the Host header and query through) by
+    /// another name than this gateway does, e.g. https://files.example.com.
+    /// Default: the S3 endpoint the gateway uses. A tenant's own location
+    /// (`ferry-registry admin set-location`) may name another.
+    #[arg(long, env = "FERRY_S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
     /// Lifetime of presigned URLs, in seconds (capped by the credentials').
     #[arg(long, env = "FERRY_URL_TTL_SECONDS", default_value_t = 900)]
     pub url_ttl_seconds: u64,
@@ -105,6 +112,9 @@ impl ServeConfig {
     pub fn gateway_config(&self) -> anyhow::Result<GatewayConfig> {
         if self.s3_bucket.trim().is_empty() {
             anyhow::bail!("FERRY_S3_BUCKET is empty");
+        }
+        if let Some(endpoint) = &self.s3_public_endpoint {
+            ferry_store::validate_endpoint(endpoint).map_err(|e| anyhow::anyhow!("FERRY_S3_PUBLIC_ENDPOINT: {e}"))?;
         }
         if self.db_max_connections == 0 {
             anyhow::bail!("FERRY_DB_MAX_CONNECTIONS must be at least 1");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferry_release::{ArtifactKind, Hash, Manifest, ManifestId, Name, parse_version};
-use ferry_store::{Authenticated, Blobs, Change, KeyRole, Meta};
+use ferry_store::{Authenticated, Blobs, Change, KeyRole, Location, Meta};
 use moka::future::Cache;
 use tokio::sync::mpsc;
 
@@ -167,6 +167,9 @@ struct ListingKey {
     target: ManifestId,
     platform: Option<Name>,
     have: Option<ManifestId>,
+    /// Where the target's files are: the same files at another location
+    /// (another tenant's bucket or CDN host) get other URLs.
+    location: Option<Arc<Location>>,
 }
 
 /// The releases a list is made from, by manifest id (to load them as the
@@ -442,7 +445,12 @@ impl Gateway {
         let have = have
             .and_then(|h| view.versions.iter().find(|v| v.manifest_id == h))
             .filter(|v| v.content_id != target.content_id);
-        let key = ListingKey { target: target.content_id, platform, have: have.map(|v| v.content_id) };
+        let key = ListingKey {
+            target: target.content_id,
+            platform,
+            have: have.map(|v| v.content_id),
+            location: target.location.clone(),
+        };
         let listing = match self.inner.listings.get(&key).await {
             Some(listing) if listing.fresh_until > (self.inner.clock)() => listing,
             _ => {
@@ -523,7 +531,7 @@ impl Gateway {
         let min_remaining = self.inner.urls.min_remaining();
         let mut fresh_until = (self.inner.clock)() + self.inner.config.presign_lifetime;
         for (artifact, file) in wanted {
-            let url = self.inner.urls.get(&file.hash).await?;
+            let url = self.inner.urls.get(&file.hash, key.location.as_deref()).await?;
             fresh_until = fresh_until.min(url.expires_at - min_remaining);
             artifacts.push(ArtifactFile {
                 kind: artifact.name.to_string(),

@@ -11,8 +11,10 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let tunables = config.gateway_config()?;
     let tls = config.tls()?;
     let meta = ferry_store::connect(&config.database_url, config.db_max_connections)?;
-    let blobs =
-        ferry_store::Blobs::from_env(&config.s3_bucket, config.s3_path_style).await.map_err(anyhow::Error::msg)?;
+    let blobs = ferry_store::Blobs::from_env(&config.s3_bucket, config.s3_path_style)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .with_public_endpoint(config.s3_public_endpoint.clone());
     let changes = ferry_store::listen(&config.database_url)?;
     // Reports get connections of their own: ingestion never waits for (or
     // holds up) the connections checks read with.

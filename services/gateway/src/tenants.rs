@@ -96,6 +96,8 @@ pub(crate) struct VersionEntry {
     /// Client versions that still work with this release (not required to
     /// update); `None`: every other version must.
     pub(crate) compatible: Option<semver::VersionReq>,
+    /// Where its files are (`None`: the registry's bucket).
+    pub(crate) location: Option<Arc<ferry_store::Location>>,
 }
 
 /// "Read now", backdated by up to a quarter of `ttl` at random: rates read
@@ -219,6 +221,7 @@ pub(crate) async fn load_app_view(meta: &Meta, tenant_id: i64, app: &Name) -> Re
                 content_id: r.content_id,
                 owner: r.owner,
                 published_at: r.published_at,
+                location: r.location.map(Arc::new),
             })
         })
         .collect();

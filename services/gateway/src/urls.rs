@@ -1,13 +1,15 @@
 //! Presigned download URLs, made once per file and handed out while they
 //! have at least half the configured lifetime left, judged against each
 //! URL's own expiry (which presigning shortens to the signing credentials'
-//! expiry). Presigning costs ~30 µs; reuse keeps the hot path cheap.
+//! expiry). Presigning costs ~30 µs; reuse keeps the hot path cheap. A
+//! file is signed per location (S1-9): the same bytes in another tenant's
+//! bucket, or behind another CDN host name, get their own URL.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferry_release::Hash;
-use ferry_store::Blobs;
+use ferry_store::{Blobs, Location};
 use moka::future::Cache;
 
 use crate::core::Clock;
@@ -21,7 +23,7 @@ pub(crate) struct PresignedUrl {
 }
 
 pub(crate) struct Urls {
-    cache: Cache<Hash, PresignedUrl>,
+    cache: Cache<(Option<i64>, Hash), PresignedUrl>,
     blobs: Blobs,
     lifetime: Duration,
     /// The least validity a URL handed out has left: half the lifetime.
@@ -43,15 +45,18 @@ impl Urls {
     }
 
     /// A URL for `hash` that stays valid for at least [`Urls::min_remaining`]
-    /// from now: the cached one while it does, else a freshly signed one.
-    pub(crate) async fn get(&self, hash: &Hash) -> Result<PresignedUrl, GatewayError> {
+    /// from now: the cached one while it does, else a freshly signed one,
+    /// at `location` (`None`: the registry's bucket).
+    pub(crate) async fn get(&self, hash: &Hash, location: Option<&Location>) -> Result<PresignedUrl, GatewayError> {
         let now = (self.clock)();
-        if let Some(url) = self.cache.get(hash).await
+        let key = (location.map(|l| l.id), *hash);
+        if let Some(url) = self.cache.get(&key).await
             && url.expires_at >= now + self.min_remaining
         {
             return Ok(url);
         }
-        let (url, expires_at) = self.blobs.presign_file_from(hash, now, self.lifetime).await?;
+        let blobs = if location.is_some() { self.blobs.at(location) } else { self.blobs.clone() };
+        let (url, expires_at) = blobs.presign_file_from(hash, now, self.lifetime).await?;
         if expires_at < now + self.min_remaining {
             tracing::warn!(
                 left_seconds = expires_at.duration_since(now).unwrap_or_default().as_secs(),
@@ -62,7 +67,7 @@ impl Urls {
             ));
         }
         let url = PresignedUrl { url: Arc::from(url), expires_at };
-        self.cache.insert(*hash, url.clone()).await;
+        self.cache.insert(key, url.clone()).await;
         Ok(url)
     }
 }
