@@ -25,6 +25,13 @@ pub enum AgentError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("registry answered with an invalid {0}")]
     Protocol(&'static str),
+    /// A variants file, or what a run asked of it, is wrong (the message
+    /// names the file and line, or the flag).
+    #[error("{0}")]
+    Variants(String),
+    /// Publishing one tenant of a variants file failed.
+    #[error("tenant {tenant}: {source}")]
+    Tenant { tenant: String, source: Box<AgentError> },
 }
 
 impl AgentError {
@@ -55,6 +62,7 @@ impl AgentError {
                     | tonic::Code::DeadlineExceeded
                     | tonic::Code::Aborted
             ),
+            AgentError::Tenant { source, .. } => source.is_retryable(),
             _ => false,
         }
     }

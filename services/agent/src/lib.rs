@@ -9,8 +9,10 @@ mod client;
 mod error;
 mod progress;
 mod publish;
+pub mod variants;
 
 pub use client::{Connection, RegistryClient};
 pub use error::AgentError;
 pub use progress::Progress;
 pub use publish::{ArtifactSummary, DeploySummary, PublishRequest, PublishSummary, deploy, deploy_with, publish};
+pub use variants::{LinkMode, Problem, Variants, VariantsError};

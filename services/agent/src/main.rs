@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
+use ferry_agent::variants::{LinkMode, Variants, VariantsError, VariantsRequest, VariantsSummary};
 use ferry_agent::{Connection, Progress, PublishRequest, PublishSummary};
 use ferry_release::{ArtifactSpec, Name, parse_version};
 
@@ -19,18 +22,20 @@ struct Target {
     /// Registry URL: https://host:port, or http://host:port for local use.
     #[arg(long, env = "FERRY_REGISTRY_URL")]
     registry: String,
-    /// Agent key issued by `ferry-registry admin issue-key TENANT --role agent`.
+    /// Agent key issued by `ferry-registry admin issue-key TENANT --role
+    /// agent`, or a publisher key (`--role publisher --tenants ...`).
     #[arg(long, env = "FERRY_AGENT_TOKEN", hide_env_values = true)]
     token: String,
     /// PEM file of a private CA to trust for https:// registries.
     #[arg(long, env = "FERRY_CA_CERT")]
     ca_cert: Option<PathBuf>,
-    /// Tenant this private cloud belongs to.
+    /// Tenant this private cloud belongs to (not with --variants: the file
+    /// names the tenants).
     #[arg(long, env = "FERRY_TENANT")]
-    tenant: String,
-    /// App, e.g. crm.
+    tenant: Option<String>,
+    /// App, e.g. crm (with --variants: default, the file's `app`).
     #[arg(long, env = "FERRY_APP")]
-    app: String,
+    app: Option<String>,
     /// Version (semantic versioning, e.g. 2.4.1).
     #[arg(long)]
     version: String,
@@ -52,8 +57,16 @@ enum Command {
         target: Target,
         /// An artifact: NAME[@PLATFORM,...]=PATH, where PATH is a file or a
         /// directory. Repeat for each artifact (e.g. mobile, web, api).
-        #[arg(long = "artifact", required = true)]
+        #[arg(long = "artifact", required_unless_present = "variants", conflicts_with = "variants")]
         artifacts: Vec<String>,
+        /// Publishes one release per tenant of this variants file
+        /// (ferry.variants.toml, see docs/variants.md) instead of
+        /// --artifact, in one run, with one summary.
+        #[arg(long)]
+        variants: Option<PathBuf>,
+        /// With --variants: only these tenants, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "variants")]
+        only: Vec<String>,
         /// Also record the version as deployed in this private cloud.
         #[arg(long)]
         deploy: bool,
@@ -66,6 +79,41 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Checks or renders a variants file (ferry.variants.toml).
+    Variants {
+        #[command(subcommand)]
+        command: VariantsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VariantsCommand {
+    /// Checks a variants file: syntax, unknown keys, names, paths on disk,
+    /// JSON pointers, tenants in two sections, and (given a registry and
+    /// token) tenants the registry does not know. Prints every problem as
+    /// FILE:LINE:COLUMN: what is wrong, and fails if there is any.
+    Check {
+        file: PathBuf,
+        /// Also ask this registry which tenants the token may publish for.
+        #[arg(long, env = "FERRY_REGISTRY_URL")]
+        registry: Option<String>,
+        #[arg(long, env = "FERRY_AGENT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, env = "FERRY_CA_CERT")]
+        ca_cert: Option<PathBuf>,
+        /// Checks the file alone, even when a registry and token are set.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Writes what one tenant would get into DIR (which must not exist or
+    /// be empty), one entry per artifact, for review.
+    Render {
+        file: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -76,7 +124,10 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Publish { target, artifacts, deploy, retries } => {
+        Command::Publish { target, variants: Some(file), only, deploy, retries, .. } => {
+            publish_variants(&target, &file, &only, deploy, retries).await?;
+        }
+        Command::Publish { target, artifacts, deploy, retries, .. } => {
             let artifacts = artifacts.iter().map(|a| ArtifactSpec::parse(a)).collect::<Result<Vec<_>, _>>()?;
             let (conn, tenant, app, version) = parse_target(&target)?;
             let compatible = target.compatible.clone();
@@ -102,8 +153,108 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ));
             }
         }
+        Command::Variants { command: VariantsCommand::Check { file, registry, token, ca_cert, offline } } => {
+            let variants = load_variants(&file)?;
+            let mut problems = Vec::new();
+            if let (false, Some(url), Some(token)) = (offline, registry, token) {
+                let conn = Connection { url, token, ca_cert };
+                problems = ferry_agent::variants::check_tenants(&conn, &variants).await?;
+            }
+            if !problems.is_empty() {
+                anyhow::bail!("{}", VariantsError::from(problems));
+            }
+            let tenants = variants.tenants();
+            let sections: std::collections::BTreeSet<&str> = tenants.iter().map(|(_, v)| v.as_str()).collect();
+            print_line(&format!(
+                "{}: ok: {} variant(s) for {} tenant(s): {}",
+                file.display(),
+                sections.len(),
+                tenants.len(),
+                tenants.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Command::Variants { command: VariantsCommand::Render { file, tenant, out } } => {
+            let variants = load_variants(&file)?;
+            let tenant = Name::parse("tenant", &tenant)?;
+            let specs = variants.render(&tenant, &out, LinkMode::Copy)?;
+            let mut lines = vec![format!("rendered tenant {tenant} of {} into {}", file.display(), out.display())];
+            for spec in specs {
+                let platforms = spec.platforms.iter().map(Name::as_str).collect::<Vec<_>>().join(",");
+                let at = if platforms.is_empty() { String::new() } else { format!("@{platforms}") };
+                lines.push(format!("  --artifact {}{at}={}", spec.name, spec.path.display()));
+            }
+            print_line(&lines.join("\n"));
+        }
     }
     Ok(())
+}
+
+/// A variants file, loaded and checked; its problems, one per line.
+fn load_variants(file: &std::path::Path) -> anyhow::Result<Variants> {
+    Variants::load(file).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn publish_variants(
+    target: &Target,
+    file: &std::path::Path,
+    only: &[String],
+    deploy: bool,
+    retries: u32,
+) -> anyhow::Result<()> {
+    if let Some(tenant) = &target.tenant {
+        anyhow::bail!("--tenant {tenant} is not used with --variants: the file names the tenants (see --only)");
+    }
+    let variants = Arc::new(load_variants(file)?);
+    let app = match (&target.app, variants.app()) {
+        (Some(flag), Some(file_app)) if flag != file_app.as_str() => {
+            anyhow::bail!("--app {flag} differs from app = {file_app:?} in {}", file.display())
+        }
+        (Some(flag), _) => Name::parse("app", flag)?,
+        (None, Some(file_app)) => file_app.clone(),
+        (None, None) => anyhow::bail!("name the app: --app, FERRY_APP, or app = \"...\" in {}", file.display()),
+    };
+    let req = VariantsRequest {
+        variants,
+        app,
+        version: parse_version(&target.version)?,
+        only: only.iter().map(|t| Name::parse("tenant", t.trim())).collect::<Result<_, _>>()?,
+        deploy,
+        retries,
+        compatible: target.compatible.clone(),
+    };
+    let conn =
+        Connection { url: target.registry.clone(), token: target.token.clone(), ca_cert: target.ca_cert.clone() };
+    let progress = if target.json { Progress::hidden() } else { Progress::stderr() };
+    let summary = ferry_agent::variants::publish_variants(&conn, &req, &progress).await?;
+    if target.json {
+        print_json(&summary)
+    } else {
+        print_variants_summary(&summary);
+        Ok(())
+    }
+}
+
+fn print_variants_summary(s: &VariantsSummary) {
+    let mut out = format!("{} {}: {} tenant(s)\n", s.app, s.version, s.tenants.len());
+    for t in &s.tenants {
+        let p = &t.publish;
+        let state = match (p.created, p.deployed) {
+            (true, true) => "published and deployed",
+            (true, false) => "published",
+            (false, true) => "already published; deployed",
+            (false, false) => "already published",
+        };
+        out.push_str(&format!(
+            "  {:<16} {:<12} {:>10} total {:>10} sent  {state}\n",
+            p.tenant,
+            t.variant,
+            human(p.bytes_total),
+            human(p.bytes_sent)
+        ));
+    }
+    let saved = if s.bytes_total > 0 { 100.0 * (1.0 - s.bytes_sent as f64 / s.bytes_total as f64) } else { 0.0 };
+    out.push_str(&format!("  all: {} total, {} sent ({saved:.1}% saved)", human(s.bytes_total), human(s.bytes_sent)));
+    print_line(&out);
 }
 
 fn parse_compatible(value: &str) -> Result<semver::VersionReq, String> {
@@ -112,7 +263,9 @@ fn parse_compatible(value: &str) -> Result<semver::VersionReq, String> {
 
 fn parse_target(t: &Target) -> anyhow::Result<(Connection, Name, Name, semver::Version)> {
     let conn = Connection { url: t.registry.clone(), token: t.token.clone(), ca_cert: t.ca_cert.clone() };
-    Ok((conn, Name::parse("tenant", &t.tenant)?, Name::parse("app", &t.app)?, parse_version(&t.version)?))
+    let Some(tenant) = &t.tenant else { anyhow::bail!("name the tenant: --tenant or FERRY_TENANT") };
+    let Some(app) = &t.app else { anyhow::bail!("name the app: --app or FERRY_APP") };
+    Ok((conn, Name::parse("tenant", tenant)?, Name::parse("app", app)?, parse_version(&t.version)?))
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

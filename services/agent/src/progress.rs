@@ -21,8 +21,8 @@ impl Progress {
     /// a bar.
     pub(crate) fn start(&self, phase: &'static str, total_bytes: Option<u64>) {
         let template = match total_bytes {
-            Some(_) => "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            None => "{msg:>10} {spinner} {bytes} {bytes_per_sec}",
+            Some(_) => "{prefix}{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            None => "{prefix}{msg:>10} {spinner} {bytes} {bytes_per_sec}",
         };
         let style = ProgressStyle::with_template(template).expect("static template").progress_chars("=> ");
         self.bar.set_style(style);
@@ -30,6 +30,12 @@ impl Progress {
         self.bar.set_length(total_bytes.unwrap_or(0));
         self.bar.set_position(0);
         self.bar.reset_eta();
+    }
+
+    /// Names what the phases that follow are for (a tenant of a variants
+    /// file, and how far through them the run is), in front of the bar.
+    pub(crate) fn label(&self, label: &str) {
+        self.bar.set_prefix(if label.is_empty() { String::new() } else { format!("{label} ") });
     }
 
     pub(crate) fn advance(&self, bytes: u64) {
