@@ -272,3 +272,91 @@ async fn check_names_tenants_the_registry_does_not_know_with_their_line() {
     let err = ferry_agent::variants::check_tenants(&stack.connection(&unknown), &ws.variants).await.unwrap_err();
     assert!(err.to_string().contains("unknown or revoked"), "{err}");
 }
+
+/// Every file `files` lists downloads from its URL, which starts with `prefix`.
+async fn all_download_from(files: &HashMap<String, Value>, prefix: &str) {
+    assert!(!files.is_empty());
+    for file in files.values() {
+        let url = file["url"].as_str().unwrap();
+        assert!(url.starts_with(prefix), "{url} does not start with {prefix}");
+        download(file).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locations_survive_moves_and_collection_and_keys_act_only_in_scope() {
+    let stack = Stack::start().await;
+    let ws = Workspace::new();
+    let (acme_agent, globex_agent) = (stack.tenant("acme").await, stack.tenant("globex").await);
+    let (acme_client, globex_client) = (stack.client_key("acme").await, stack.client_key("globex").await);
+    let registry_files = format!("{}/{}/files/", stack.s3.endpoint, stack.blobs.bucket());
+    let cdn = stack.s3.endpoint.replace("127.0.0.1", "localhost");
+    let cdn_files = format!("{cdn}/{}/files/", stack.blobs.bucket());
+
+    // globex's files stay in the registry's bucket but its links name
+    // another host (a CDN name): collecting garbage keeps every one of them.
+    stack.meta.set_location(&name("globex"), stack.blobs.bucket(), "", Some(&cdn)).await.unwrap();
+    for (key, tenant) in [(&acme_agent, "acme"), (&globex_agent, "globex")] {
+        publish_variants(&stack.connection(key), &request(&ws, "1.0.0", &[tenant]), &Progress::hidden()).await.unwrap();
+    }
+    let report = ferry_store::collect_garbage(&stack.meta, &stack.blobs, std::time::Duration::ZERO).await.unwrap();
+    assert!(report.ran);
+    let gw = stack.gateway(GatewayConfig::default()).await;
+    all_download_from(&files(&gw, &globex_client, "globex").await.1, &cdn_files).await;
+    all_download_from(&files(&gw, &acme_client, "acme").await.1, &registry_files).await;
+
+    // Moving acme: its published release keeps its links; the next one is
+    // assembled in the new bucket and linked there.
+    let bucket = stack.s3.create_bucket().await.unwrap();
+    stack.meta.set_location(&name("acme"), &bucket, "tenants/acme/", None).await.unwrap();
+    let (_, before) = files(&gw, &acme_client, "acme").await;
+    all_download_from(&before, &registry_files).await;
+    let conn = stack.connection(&acme_agent);
+    let mut changes = gw.gateway.applied();
+    publish_variants(&conn, &request(&ws, "1.1.0", &["acme"]), &Progress::hidden()).await.unwrap();
+    let acme_app = stack.app_id("acme").await;
+    let seen = async {
+        while !matches!(changes.recv().await.unwrap(), ferry_store::Change::App { app_id, .. } if app_id == acme_app) {}
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), seen).await.expect("the gateway sees the deploy");
+    let moved = format!("{}/{bucket}/tenants/acme/files/", stack.s3.endpoint);
+    let after = files(&gw, &acme_client, "acme").await;
+    assert_eq!(after.0["target"], "1.1.0", "{}", after.0);
+    all_download_from(&after.1, &moved).await;
+
+    // FERRY_S3_PUBLIC_ENDPOINT: the registry's own files, linked by another name.
+    let public = ferry_gateway::Gateway::new(
+        stack.meta.clone(),
+        stack.blobs.clone().with_public_endpoint(Some(cdn.clone())),
+        GatewayConfig::default(),
+    );
+    let public = stack.serve_gateway(public).await;
+    let mut listed = files(&public, &acme_client, "acme").await.1;
+    listed.retain(|_, f| !f["url"].as_str().unwrap().contains("/tenants/acme/"));
+    assert!(listed.is_empty(), "acme's 1.1.0 is at its location: {listed:?}");
+    let globex = files(&public, &globex_client, "globex").await.1;
+    all_download_from(&globex, &cdn_files).await;
+
+    // A publisher key deploys only for its tenants, and not once revoked.
+    let publisher = stack.meta.issue_publisher_key(&[name("acme")]).await.unwrap();
+    let conn = stack.connection(&publisher.token());
+    let app = Name::parse("app", "crm").unwrap();
+    let err = ferry_agent::deploy(&conn, &name("globex"), &app, &"1.0.0".parse().unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("not valid for tenant globex"), "{err}");
+    ferry_agent::deploy(&conn, &name("acme"), &app, &"1.0.0".parse().unwrap()).await.unwrap();
+    stack.meta.revoke_key(&publisher.id).await.unwrap();
+    let err = ferry_agent::deploy(&conn, &name("acme"), &app, &"1.0.0".parse().unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("unknown or revoked"), "{err}");
+
+    // The registry's API answers agent and publisher keys only.
+    let err = ferry_agent::variants::check_tenants(&stack.connection(&acme_client), &ws.variants).await.unwrap_err();
+    assert!(err.to_string().contains("takes agent and publisher keys"), "{err}");
+
+    // A made-up token of another role under a real key's id does not make
+    // the real key look missing.
+    let agent_id = ferry_store::ApiKey::parse(&acme_agent).unwrap().id;
+    let forged = format!("ferry_publisher_{agent_id}_{}", "0".repeat(64));
+    assert!(ferry_agent::variants::check_tenants(&stack.connection(&forged), &ws.variants).await.is_err());
+    let problems = ferry_agent::variants::check_tenants(&stack.connection(&acme_agent), &ws.variants).await.unwrap();
+    assert_eq!(problems.len(), 2, "globex and initech are not acme's: {problems:?}");
+}

@@ -121,7 +121,9 @@ pub struct Keys {
 struct Inner {
     meta: Meta,
     found: Option<moka::sync::Cache<String, KeyRecord>>,
-    missing: moka::sync::Cache<String, ()>,
+    /// By role and id: a made-up token of another role under a real key's
+    /// id must not make that key look missing.
+    missing: moka::sync::Cache<(KeyRole, String), ()>,
     per_source: DefaultKeyedRateLimiter<IpAddr>,
     global: DefaultDirectRateLimiter,
     clock: DefaultClock,
@@ -223,24 +225,24 @@ impl Keys {
         source: Option<IpAddr>,
     ) -> Result<PublisherRecord, AuthError> {
         let unknown = || AuthError::Unauthenticated("unknown or revoked api key".into());
-        let Some(now) = self.admit(&key.id, source)? else { return Err(unknown()) };
+        let Some(now) = self.admit(key, source)? else { return Err(unknown()) };
         match self.inner.meta.publisher_record(&key.id).await? {
             Some(record) if record.matches(key) => Ok(record),
             Some(_) => Err(unknown()),
             None => {
-                self.inner.missing.insert(key.id.clone(), ());
+                self.inner.missing.insert((key.role, key.id.clone()), ());
                 self.count_miss(source, now);
                 Err(unknown())
             }
         }
     }
 
-    /// Whether an uncached lookup of `key_id` may go to the database: the
+    /// Whether an uncached lookup of `key` may go to the database: the
     /// time now (for [`Keys::count_miss`]), or `None` when the id is known
     /// to be missing; an error while its source (or everybody) is blocked.
-    fn admit(&self, key_id: &str, source: Option<IpAddr>) -> Result<Option<u64>, AuthError> {
+    fn admit(&self, key: &ApiKey, source: Option<IpAddr>) -> Result<Option<u64>, AuthError> {
         let inner = &self.inner;
-        if inner.missing.contains_key(key_id) {
+        if inner.missing.contains_key(&(key.role, key.id.clone())) {
             return Ok(None);
         }
         let now = inner.start.elapsed().as_millis() as u64;
@@ -255,16 +257,17 @@ impl Keys {
 
     /// The owner of `key`, asked from `source`.
     pub async fn authenticate(&self, key: &ApiKey, source: Option<IpAddr>) -> Result<Authenticated, AuthError> {
-        let record = self.record(&key.id, source).await?;
+        let record = self.record(key, source).await?;
         record.and_then(|r| r.check(key)).ok_or_else(|| AuthError::Unauthenticated("unknown or revoked api key".into()))
     }
 
-    async fn record(&self, key_id: &str, source: Option<IpAddr>) -> Result<Option<KeyRecord>, AuthError> {
+    async fn record(&self, key: &ApiKey, source: Option<IpAddr>) -> Result<Option<KeyRecord>, AuthError> {
         let inner = &self.inner;
+        let key_id = key.id.as_str();
         if let Some(record) = inner.found.as_ref().and_then(|f| f.get(key_id)) {
             return Ok(Some(record));
         }
-        let Some(now) = self.admit(key_id, source)? else { return Ok(None) };
+        let Some(now) = self.admit(key, source)? else { return Ok(None) };
         match inner.meta.key_record(key_id).await? {
             Some(record) => {
                 if let Some(found) = &inner.found {
@@ -273,7 +276,7 @@ impl Keys {
                 Ok(Some(record))
             }
             None => {
-                inner.missing.insert(key_id.to_owned(), ());
+                inner.missing.insert((key.role, key_id.to_owned()), ());
                 self.count_miss(source, now);
                 Ok(None)
             }
@@ -304,7 +307,9 @@ impl Keys {
         if let Some(found) = &self.inner.found {
             found.invalidate(key_id);
         }
-        self.inner.missing.invalidate(key_id);
+        for role in KeyRole::ALL {
+            self.inner.missing.invalidate(&(role, key_id.to_owned()));
+        }
     }
 
     /// Forgets every key (notices may have been missed).

@@ -373,7 +373,9 @@ impl Blobs {
         let mut request = self.client.get_object().bucket(&self.files_bucket).key(self.file_object(hash)).customize();
         let mut overrides = aws_sdk_s3::config::Builder::new();
         if let Some(endpoint) = &self.public_endpoint {
-            overrides = overrides.endpoint_url(endpoint);
+            // Path-style under the public host: one host name can front
+            // every bucket (and a CDN name need not embed the bucket's).
+            overrides = overrides.endpoint_url(endpoint).force_path_style(true);
         }
         if let Some(provider) = &self.credentials {
             // Sign with the very credentials whose expiry bounds the URL: a

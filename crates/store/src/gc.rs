@@ -13,6 +13,10 @@
 //! 4. assembled files no remaining manifest uses, from S3 and then from
 //!    `files`.
 //!
+//! Files assembled at a tenant's download location (`location_files`,
+//! another bucket or a prefix other than `files/`) are not collected: they
+//! are kept, even those of a commit that failed after assembling.
+//!
 //! S3 objects are deleted while their row is locked and before the row
 //! goes: a crash in between leaves a row without an object only for a
 //! chunk or file nobody uses (an upload puts the object again before it

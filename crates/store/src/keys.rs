@@ -8,7 +8,7 @@ use std::fmt;
 use thiserror::Error;
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyRole {
     /// Publishes and deploys releases for its tenant (ferry-agent).
     Agent,
@@ -26,6 +26,9 @@ pub enum KeyRole {
 }
 
 impl KeyRole {
+    pub const ALL: [KeyRole; 5] =
+        [KeyRole::Agent, KeyRole::Client, KeyRole::Admin, KeyRole::Operator, KeyRole::Publisher];
+
     pub fn as_str(self) -> &'static str {
         match self {
             KeyRole::Agent => "agent",

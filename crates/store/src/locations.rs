@@ -7,7 +7,10 @@
 //! A tenant placed on a location gets `<prefix>files/<hash>` in the
 //! location's bucket for the releases published from then on; each release
 //! remembers its location, so moving a tenant never breaks a link already
-//! handed out.
+//! handed out. A location in the registry's own bucket without a prefix
+//! only names another host in URLs: its files are the registry's own.
+//! Prefixes never start with `files/` or `chunks/`, so a location's objects
+//! never mix with the registry's (which garbage collection sweeps).
 
 use std::collections::HashSet;
 
@@ -50,6 +53,12 @@ pub fn validate_location(bucket: &str, prefix: &str, public_endpoint: Option<&st
                     && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
             })
         });
+        if prefix.starts_with("files/") || prefix.starts_with("chunks/") {
+            return Err(format!(
+                "--prefix: {prefix:?} would mix a tenant's files with the registry's own files/ and chunks/; \
+                 choose another (e.g. tenants/acme/)"
+            ));
+        }
         if !segments_ok || prefix.len() > 200 {
             return Err(format!(
                 "--prefix: {prefix:?} must be path segments of letters, digits, '-', '_' and '.', ending in '/' \
@@ -218,6 +227,8 @@ mod tests {
             ("ferry", "/acme/", None, "--prefix"),
             ("ferry", "a/../b/", None, "--prefix"),
             ("ferry", "a b/", None, "--prefix"),
+            ("ferry", "files/acme/", None, "--prefix"),
+            ("ferry", "chunks/", None, "--prefix"),
             ("ferry", "", Some("cdn.example.com"), "--public-endpoint"),
             ("ferry", "", Some("ftp://cdn.example.com"), "--public-endpoint"),
             ("ferry", "", Some("https://cdn.example.com/files"), "--public-endpoint"),

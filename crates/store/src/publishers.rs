@@ -1,8 +1,14 @@
 //! `publisher` keys: the vendor's build pipeline publishes variants for a
 //! set of tenants with one key (S1-2, S1-5). What is missing is answered
 //! across the set, and what one tenant of the set holds is claimed for
-//! another at prepare and commit: the holder of the key knows all of their
-//! content, so nothing is revealed, and the bytes are sent and stored once.
+//! another at prepare and commit, so the bytes are sent and stored once.
+//!
+//! The trust this takes: a publisher key is trusted with everything its
+//! tenants hold, including what their own agent keys uploaded (it can learn
+//! whether any of them holds a chunk, and use it in another's release). Issue
+//! one only for tenants whose releases its holder builds, as the vendor's
+//! pipeline does; a tenant that publishes content of its own that the
+//! vendor must not see is left out of every publisher key.
 
 use std::collections::HashSet;
 
@@ -105,7 +111,8 @@ impl Meta {
 
     /// Which of `hashes` any tenant of `scope` holds; those `tenant_id`
     /// (one of `scope`) did not hold yet are claimed for it, so its commit
-    /// finds them as if it had uploaded them itself.
+    /// finds them as if it had uploaded them itself. One statement claims,
+    /// so a chunk collected meanwhile is simply not claimed (and is sent).
     pub async fn claim_chunks(
         &self,
         tenant_id: i64,
@@ -113,26 +120,18 @@ impl Meta {
         hashes: &[Hash],
     ) -> Result<HashSet<Hash>, StoreError> {
         let client = self.client().await?;
-        let mut held = HashSet::new();
         for batch in hashes.chunks(10_000) {
             let keys: Vec<&[u8]> = batch.iter().map(|h| h.as_bytes().as_slice()).collect();
-            let rows = client
-                .query(
-                    "SELECT DISTINCT hash FROM tenant_chunks WHERE tenant_id = ANY($1) AND hash = ANY($2)",
-                    &[&scope, &keys],
-                )
-                .await?;
-            let found: Vec<&[u8]> = rows.iter().map(|r| r.get::<_, &[u8]>(0)).collect();
             client
                 .execute(
-                    "INSERT INTO tenant_chunks (tenant_id, hash) SELECT $1, unnest($2::bytea[]) \
+                    "INSERT INTO tenant_chunks (tenant_id, hash) \
+                     SELECT DISTINCT $1::bigint, hash FROM tenant_chunks WHERE tenant_id = ANY($2) AND hash = ANY($3) \
                      ON CONFLICT DO NOTHING",
-                    &[&tenant_id, &found],
+                    &[&tenant_id, &scope, &keys],
                 )
                 .await?;
-            held.extend(found.iter().filter_map(|h| <[u8; 32]>::try_from(*h).ok()).map(Hash::from_bytes));
         }
-        Ok(held)
+        self.tenant_chunks(tenant_id, hashes).await
     }
 
     /// Which of `hashes` any tenant of `scope` proved it can rebuild in the

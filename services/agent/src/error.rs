@@ -38,7 +38,7 @@ impl AgentError {
     pub(crate) fn rpc(step: &'static str, status: tonic::Status) -> Self {
         let code = status.code();
         let message = match code {
-            tonic::Code::Unauthenticated => format!("registry refused the agent token: {}", status.message()),
+            tonic::Code::Unauthenticated => format!("registry refused the token: {}", status.message()),
             tonic::Code::PermissionDenied => format!("registry refused: {}", status.message()),
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled if is_transport(&status) => {
                 format!("connection to the registry failed ({}); run again to resume", chain(&status))

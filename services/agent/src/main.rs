@@ -202,12 +202,14 @@ async fn publish_variants(
     retries: u32,
 ) -> anyhow::Result<()> {
     if let Some(tenant) = &target.tenant {
-        anyhow::bail!("--tenant {tenant} is not used with --variants: the file names the tenants (see --only)");
+        anyhow::bail!(
+            "--tenant/FERRY_TENANT ({tenant}) is not used with --variants: the file names the tenants (see --only)"
+        );
     }
     let variants = Arc::new(load_variants(file)?);
     let app = match (&target.app, variants.app()) {
         (Some(flag), Some(file_app)) if flag != file_app.as_str() => {
-            anyhow::bail!("--app {flag} differs from app = {file_app:?} in {}", file.display())
+            anyhow::bail!("--app/FERRY_APP {flag} differs from app = \"{file_app}\" in {}", file.display())
         }
         (Some(flag), _) => Name::parse("app", flag)?,
         (None, Some(file_app)) => file_app.clone(),

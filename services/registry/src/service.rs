@@ -34,7 +34,7 @@ pub const MAX_RELEASE_FILES: usize = 50_000;
 pub struct RegistrySettings {
     /// Timeouts and limits of the gRPC listener.
     pub listener: ferry_net::Limits,
-    /// Limits on lookups of agent keys that do not exist. Found keys are
+    /// Limits on lookups of agent and publisher keys that do not exist. Found keys are
     /// not cached (agent calls are few), so a revocation holds at once.
     pub auth: ferry_auth::MissLimits,
     /// How often garbage is collected (`None`: never, by this replica).
@@ -189,6 +189,12 @@ impl Registry {
         metadata: &MetadataMap,
     ) -> Result<pb::IdentityResponse, RegistryError> {
         Ok(match self.caller(extensions, metadata).await? {
+            Caller::Tenant(auth) if auth.role != KeyRole::Agent => {
+                return Err(RegistryError::PermissionDenied(format!(
+                    "this is a {} key; the registry's API takes agent and publisher keys",
+                    auth.role
+                )));
+            }
             Caller::Tenant(auth) => pb::IdentityResponse {
                 role: auth.role.to_string(),
                 key_id: auth.key_id,
@@ -351,10 +357,14 @@ impl Registry {
         // Where this release's files go (S1-9), read once: the release
         // records the location its files were assembled at.
         let location = self.meta.tenant_location(auth.tenant_id).await?;
+        // A location in the registry's own bucket without a prefix differs
+        // only in the host its URLs name: its files are the registry's own
+        // (and garbage collection sees them as such).
+        let stored_at = location.as_ref().filter(|l| !(l.bucket == self.blobs.bucket() && l.prefix.is_empty()));
         match self.meta.release_like(app_id, &manifest.version).await? {
             // A retried commit: nothing to assemble.
             Some(existing) => ferry_store::ensure_same_release(&existing, &manifest.version, id)?,
-            None => self.assemble(actor, &manifest, location.as_ref()).await?,
+            None => self.assemble(actor, &manifest, stored_at).await?,
         }
         let compatible = parse_compatible(&req.compatible)?;
         let options = CommitOptions {

@@ -113,3 +113,63 @@ async fn alert_destinations_are_set_once_with_a_secret_and_listed() {
     let cleared = admin(&db, &["set-alerts", "acme", "--clear"]);
     assert!(cleared.status.success() && cleared.stdout.is_empty());
 }
+
+#[tokio::test]
+async fn admin_issues_publisher_keys_and_places_tenants_on_locations() {
+    let db = ferry_testkit::fresh_database().await.unwrap();
+    for tenant in ["acme", "globex"] {
+        assert!(admin(&db, &["create-tenant", tenant]).status.success());
+    }
+    let meta = ferry_store::connect(&db, 1).unwrap();
+
+    let issued = admin(&db, &["issue-key", "--role", "publisher", "--tenants", "globex,acme"]);
+    assert!(issued.status.success(), "{}", text(&issued.stderr));
+    let key = ApiKey::parse(text(&issued.stdout).trim()).unwrap();
+    assert!(text(&issued.stderr).contains("tenants acme, globex"), "{}", text(&issued.stderr));
+    let record = meta.publisher_record(&key.id).await.unwrap().expect("publisher key is live");
+    assert!(record.matches(&key));
+    let names: Vec<&str> = record.tenants.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["acme", "globex"]);
+    assert!(meta.authenticate(&key).await.unwrap().is_none(), "no single tenant: the gateway never accepts it");
+
+    for (args, expected) in [
+        (&["issue-key", "--role", "publisher", "--tenants", "acme,umbrella"][..], "tenant umbrella does not exist"),
+        (&["issue-key", "--role", "publisher"][..], "needs --tenants"),
+        (&["issue-key", "acme", "--role", "publisher", "--tenants", "acme"][..], "names its tenants with --tenants"),
+        (&["issue-key", "acme", "--role", "agent", "--tenants", "acme"][..], "--tenants is for --role publisher"),
+        (&["set-location", "acme", "--bucket", "Bad_Bucket"][..], "--bucket"),
+        (&["set-location", "acme", "--bucket", "ferry-2", "--prefix", "files/acme/"][..], "--prefix"),
+        (
+            &["set-location", "acme", "--bucket", "ferry-2", "--public-endpoint", "cdn.example.com"][..],
+            "--public-endpoint",
+        ),
+        (&["set-location", "umbrella", "--bucket", "ferry-2"][..], "tenant umbrella does not exist"),
+    ] {
+        let out = admin(&db, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(text(&out.stderr).contains(expected), "{args:?}: {}", text(&out.stderr));
+    }
+
+    let placed = admin(
+        &db,
+        &[
+            "set-location",
+            "acme",
+            "--bucket",
+            "ferry-2",
+            "--prefix",
+            "tenants/acme/",
+            "--public-endpoint",
+            "https://files-2.example.com/",
+        ],
+    );
+    assert!(placed.status.success(), "{}", text(&placed.stderr));
+    let acme = meta.tenant_id(&Name::parse("tenant", "acme").unwrap()).await.unwrap();
+    let location = meta.tenant_location(acme).await.unwrap().expect("acme has a location");
+    assert_eq!(
+        (location.bucket.as_str(), location.prefix.as_str(), location.public_endpoint.as_deref()),
+        ("ferry-2", "tenants/acme/", Some("https://files-2.example.com"))
+    );
+    assert!(admin(&db, &["set-location", "acme", "--clear"]).status.success());
+    assert_eq!(meta.tenant_location(acme).await.unwrap(), None);
+}

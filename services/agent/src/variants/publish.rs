@@ -136,8 +136,8 @@ pub async fn check_tenants(conn: &Connection, variants: &Variants) -> Result<Vec
         .filter(|(tenant, _)| !allowed.contains(tenant.as_str()))
         .map(|(tenant, variant)| {
             let message = format!(
-                "variant {variant:?}: the registry does not know tenant {tenant:?}, or this {} key may not publish \
-                 for it (it may for: {})",
+                "variant {variant:?}: the registry does not know tenant \"{tenant}\", or this {} key may not \
+                 publish for it (it may for: {})",
                 identity.role,
                 identity.tenants.join(", ")
             );

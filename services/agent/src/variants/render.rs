@@ -73,6 +73,16 @@ pub(super) fn render(
 
 /// Writes one file of the render at `target`.
 fn place(content: &Content, target: &Path, link: LinkMode) -> Result<(), VariantsError> {
+    // Never write through what is already there: after a hard link, a copy
+    // or write to the same path (names equal on a case-folding file
+    // system) would change the original.
+    if fs::symlink_metadata(target).is_ok() {
+        let clash = io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "two files of the render land on this path (names that differ only in case, on this file system?)",
+        );
+        return Err(render_err(target)(clash));
+    }
     match content {
         Content::Existing(source) => {
             let linked = link == LinkMode::HardLink && fs::hard_link(source, target).is_ok();
@@ -82,7 +92,9 @@ fn place(content: &Content, target: &Path, link: LinkMode) -> Result<(), Variant
             }
         }
         Content::Computed { bytes, permissions } => {
-            fs::write(target, bytes).map_err(render_err(target))?;
+            let mut file =
+                fs::OpenOptions::new().write(true).create_new(true).open(target).map_err(render_err(target))?;
+            io::Write::write_all(&mut file, bytes).map_err(render_err(target))?;
             fs::set_permissions(target, permissions.clone()).map_err(render_err(target))?;
         }
     }
