@@ -9,6 +9,7 @@ mod pack;
 mod republish;
 mod transfer;
 mod upload;
+mod variants;
 pub(crate) mod watch;
 
 use anyhow::bail;
@@ -24,11 +25,20 @@ pub(crate) enum Bench {
     Gateway,
     Watch,
     Dashboard,
+    Variants,
 }
 
 impl Bench {
-    pub(crate) const ALL: [Bench; 7] =
-        [Bench::Pack, Bench::Transfer, Bench::Upload, Bench::Republish, Bench::Gateway, Bench::Watch, Bench::Dashboard];
+    pub(crate) const ALL: [Bench; 8] = [
+        Bench::Pack,
+        Bench::Transfer,
+        Bench::Upload,
+        Bench::Republish,
+        Bench::Variants,
+        Bench::Gateway,
+        Bench::Watch,
+        Bench::Dashboard,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -39,6 +49,7 @@ impl Bench {
             Bench::Gateway => "gateway",
             Bench::Watch => "watch",
             Bench::Dashboard => "dashboard",
+            Bench::Variants => "variants",
         }
     }
 
@@ -59,6 +70,7 @@ impl Bench {
             Bench::Gateway => &["nginx", "wrk", "taskset"],
             Bench::Watch => &[],
             Bench::Dashboard => &[],
+            Bench::Variants => &["curl", "tar"],
         }
     }
 
@@ -84,6 +96,7 @@ impl Bench {
             Bench::Republish => serde_json::to_value(Box::pin(republish::run(quick)).await?)?,
             Bench::Watch => serde_json::to_value(Box::pin(watch::run(quick)).await?)?,
             Bench::Dashboard => serde_json::to_value(Box::pin(dashboard::run(quick)).await?)?,
+            Bench::Variants => serde_json::to_value(Box::pin(variants::run(quick)).await?)?,
             Bench::Gateway => {
                 let Some(tenants) = param else { bail!("the gateway benchmark needs --param TENANTS") };
                 serde_json::to_value(Box::pin(gateway::run(quick, tenants)).await?)?
@@ -106,6 +119,7 @@ impl Bench {
             Bench::Republish => Ok(republish::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Watch => Ok(watch::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Dashboard => Ok(dashboard::render(&serde_json::from_value(one()?)?, quick)),
+            Bench::Variants => Ok(variants::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Gateway => {
                 let runs = figures.iter().map(|f| serde_json::from_value(f.clone())).collect::<Result<Vec<_>, _>>()?;
                 gateway::render(&runs, quick)
