@@ -19,6 +19,6 @@ pub use manifest::{
     Owner, RelPath,
 };
 pub use name::{Name, NameError};
-pub use pack::{ArtifactSpec, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, PackError, pack, pack_file};
+pub use pack::{ArtifactSpec, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, PackError, WalkedFile, pack, pack_file, walk};
 pub use quote::Quoted;
 pub use version::{VersionError, parse_version};

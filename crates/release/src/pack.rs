@@ -129,7 +129,7 @@ fn pack_artifact(spec: &ArtifactSpec, progress: &(dyn Fn(u64) + Sync)) -> Result
         let rel = RelPath::parse(name).map_err(|source| PackError::Path { path: root.clone(), source })?;
         (ArtifactKind::File, vec![(rel, root.clone())])
     } else if meta.is_dir() {
-        (ArtifactKind::Directory, walk(root)?)
+        (ArtifactKind::Directory, walk(root)?.into_iter().map(|f| (f.rel, f.path)).collect())
     } else {
         return Err(PackError::Special { path: root.clone() });
     };
@@ -147,9 +147,21 @@ fn pack_artifact(spec: &ArtifactSpec, progress: &(dyn Fn(u64) + Sync)) -> Result
     Ok(ArtifactManifest { name: spec.name.clone(), kind, platforms: spec.platforms.clone(), files })
 }
 
-/// Lists the regular files below `root`, sorted by relative path. Symbolic
-/// links are followed when they stay inside `root` and refused otherwise.
-fn walk(root: &Path) -> Result<Vec<(RelPath, PathBuf)>, PackError> {
+/// A regular file found below a directory artifact's root.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WalkedFile {
+    /// Its path in the artifact.
+    pub rel: RelPath,
+    /// Its path as found (through any symbolic links).
+    pub path: PathBuf,
+    /// Its real path (links resolved), to read it from.
+    pub real: PathBuf,
+}
+
+/// Lists the regular files below `root`, sorted by relative path, exactly
+/// as packing sees them: symbolic links are followed when they stay inside
+/// `root` and refused otherwise (and a link to one of its own ancestors).
+pub fn walk(root: &Path) -> Result<Vec<WalkedFile>, PackError> {
     let canonical_root = fs::canonicalize(root).map_err(io_err(root))?;
     let mut out = Vec::new();
     // Each directory to list, with its real path: a link to a directory is
@@ -182,7 +194,7 @@ fn walk(root: &Path) -> Result<Vec<(RelPath, PathBuf)>, PackError> {
                 stack.push((path, chain, rel));
             } else if meta.is_file() {
                 let rel = RelPath::parse(&rel).map_err(|source| PackError::Path { path: path.clone(), source })?;
-                out.push((rel, path));
+                out.push(WalkedFile { rel, path, real });
             } else {
                 return Err(PackError::Special { path });
             }

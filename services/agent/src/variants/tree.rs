@@ -76,44 +76,9 @@ pub(super) fn read_tree(path: &Path) -> Result<Tree, PackError> {
 }
 
 /// The regular files below `root` by relative path, with the path to read
-/// each from. Mirrors packing's walk: symbolic links are followed when they
-/// stay inside `root` (a linked file is read from its target, so a render
-/// holds regular files only), refused when they leave it or loop.
+/// each from: packing's own walk (links followed while they stay inside
+/// `root`), each file read from its real path, so a render holds regular
+/// files only.
 fn walk(root: &Path) -> Result<BTreeMap<RelPath, Content>, PackError> {
-    let canonical_root = fs::canonicalize(root).map_err(io_err(root))?;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![(root.to_path_buf(), vec![canonical_root.clone()], String::new())];
-    while let Some((dir, ancestors, prefix)) = stack.pop() {
-        let real_dir = ancestors.last().expect("the directory itself").clone();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let path = entry.path();
-            let name = entry.file_name().into_string().map_err(|_| PackError::NotUtf8 { path: path.clone() })?;
-            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-            let file_type = entry.file_type().map_err(io_err(&path))?;
-            let (meta, real) = if file_type.is_symlink() {
-                let target = fs::canonicalize(&path).map_err(io_err(&path))?;
-                if !target.starts_with(&canonical_root) {
-                    return Err(PackError::SymlinkEscapes { path });
-                }
-                (fs::metadata(&target).map_err(io_err(&path))?, target)
-            } else {
-                (entry.metadata().map_err(io_err(&path))?, real_dir.join(entry.file_name()))
-            };
-            if meta.is_dir() {
-                if ancestors.contains(&real) {
-                    return Err(PackError::SymlinkLoop { path });
-                }
-                let mut chain = ancestors.clone();
-                chain.push(real);
-                stack.push((path, chain, rel));
-            } else if meta.is_file() {
-                let rel = RelPath::parse(&rel).map_err(|source| PackError::Path { path: path.clone(), source })?;
-                out.insert(rel, Content::Existing(real));
-            } else {
-                return Err(PackError::Special { path });
-            }
-        }
-    }
-    Ok(out)
+    Ok(ferry_release::walk(root)?.into_iter().map(|f| (f.rel, Content::Existing(f.real))).collect())
 }
