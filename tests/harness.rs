@@ -66,9 +66,14 @@ impl Stack {
     }
 
     pub async fn start_with_tls(tls: Option<Tls>) -> Self {
-        // Garbage collection and alerts only when a test runs them.
-        Self::start_configured(tls, RegistrySettings { gc_interval: None, alerts: None, ..RegistrySettings::default() })
-            .await
+        // Garbage collection, alerts and patches only when a test runs them
+        // (patches: `Stack::make_patches`).
+        let patches = ferry_registry::patcher::PatchSettings { workers: 0, ..Default::default() };
+        Self::start_configured(
+            tls,
+            RegistrySettings { gc_interval: None, alerts: None, patches, ..RegistrySettings::default() },
+        )
+        .await
     }
 
     /// A stack whose registry has these settings (listener limits, ...).
@@ -223,6 +228,17 @@ impl Stack {
         artifacts: &[(&str, &Path)],
     ) -> Result<PublishSummary, ferry_agent::AgentError> {
         publish_to(&self.connection(token), tenant, version, artifacts, false).await
+    }
+
+    /// Makes every queued patch now, as the registry's workers would;
+    /// returns how many jobs were worked.
+    pub async fn make_patches(&self) -> usize {
+        let settings = ferry_registry::patcher::PatchSettings::default();
+        let mut worked = 0;
+        while ferry_registry::patcher::work_once(&self.registry, &settings).await.expect("patch job") {
+            worked += 1;
+        }
+        worked
     }
 
     pub async fn tenant_id(&self, name: &str) -> i64 {

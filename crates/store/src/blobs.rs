@@ -68,6 +68,11 @@ pub fn file_key(hash: &Hash) -> String {
     format!("files/{}", hash.to_hex())
 }
 
+/// Where a binary patch is (always in the registry's bucket).
+pub fn patch_key(hash: &Hash) -> String {
+    format!("patches/{}", hash.to_hex())
+}
+
 /// Handle on the bucket. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Blobs {
@@ -364,13 +369,34 @@ impl Blobs {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<(String, SystemTime), StoreError> {
+        self.presign_from(&self.files_bucket, self.file_object(hash), now, lifetime).await
+    }
+
+    /// A presigned GET URL for a binary patch (in the registry's bucket),
+    /// as [`Blobs::presign_file_from`].
+    pub async fn presign_patch_from(
+        &self,
+        hash: &Hash,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(String, SystemTime), StoreError> {
+        self.presign_from(&self.bucket, patch_key(hash), now, lifetime).await
+    }
+
+    async fn presign_from(
+        &self,
+        bucket: &str,
+        key: String,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(String, SystemTime), StoreError> {
         // SigV4 counts whole seconds (X-Amz-Date, X-Amz-Expires): sign
         // from a whole second for whole seconds, so the expiry returned is
         // exactly when S3 stops honouring the URL, never a moment later.
         let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
         let mut lifetime = Duration::from_secs(lifetime.min(MAX_PRESIGN).as_secs());
-        let mut request = self.client.get_object().bucket(&self.files_bucket).key(self.file_object(hash)).customize();
+        let mut request = self.client.get_object().bucket(bucket).key(key).customize();
         let mut overrides = aws_sdk_s3::config::Builder::new();
         if let Some(endpoint) = &self.public_endpoint {
             // Path-style under the public host: one host name can front
@@ -426,8 +452,14 @@ impl Blobs {
         Ok(fresh)
     }
 
-    /// Reads a whole assembled file (tools and tests; clients use presigned
-    /// URLs).
+    /// Stores a binary patch (content-addressed: a retry puts the same
+    /// bytes).
+    pub async fn put_patch(&self, hash: &Hash, data: Bytes) -> Result<(), StoreError> {
+        self.put(&self.bucket, patch_key(hash), data).await
+    }
+
+    /// Reads a whole assembled file (tools, the patch maker and tests;
+    /// clients use presigned URLs).
     pub async fn get_file(&self, hash: &Hash) -> Result<Bytes, StoreError> {
         let out = self
             .client

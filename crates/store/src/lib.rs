@@ -12,10 +12,11 @@ mod keys;
 mod locations;
 mod meta;
 pub mod metrics;
+mod patches;
 mod pg_tls;
 mod publishers;
 
-pub use blobs::{Blobs, S3Settings, chunk_key, file_key};
+pub use blobs::{Blobs, S3Settings, chunk_key, file_key, patch_key};
 pub use changes::{Change, Notice, listen, listen_channel};
 pub use error::StoreError;
 pub use gc::{GcReport, collect_garbage};
@@ -25,4 +26,5 @@ pub use meta::{
     AppReleases, Authenticated, CommitOptions, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, Principal,
     ReleaseRow, SavedManifest, connect, ensure_same_release,
 };
+pub use patches::{PatchJob, PatchOutcome, PatchRow};
 pub use publishers::PublisherRecord;

@@ -90,6 +90,16 @@ pub struct ServeConfig {
     #[arg(long, env = "FERRY_REPORT_RETENTION_DAYS", default_value_t = 90)]
     pub report_retention_days: u64,
 
+    /// Binary patches made at once by this replica (each holds both files
+    /// in memory); 0: none on this replica.
+    #[arg(long, env = "FERRY_PATCH_WORKERS", default_value_t = 1)]
+    pub patch_workers: usize,
+
+    /// On a deploy, patches are made from (and back to) this many recently
+    /// deployed releases and this many recently published ones; 0: none.
+    #[arg(long, env = "FERRY_PATCH_BASES", default_value_t = 3)]
+    pub patch_bases: usize,
+
     /// Where the operator dashboard listens (HTTP; put TLS in front of it
     /// or reach it on localhost: its cookie is `Secure`). Unset: no
     /// dashboard.
@@ -172,6 +182,11 @@ impl ServeConfig {
             report_retention: Duration::from_secs(self.report_retention_days * 24 * 3600),
             gc_interval: (self.gc_interval_seconds > 0).then(|| Duration::from_secs(self.gc_interval_seconds)),
             gc_grace: Duration::from_secs(self.gc_grace_seconds),
+            patches: crate::patcher::PatchSettings {
+                workers: self.patch_workers,
+                bases: self.patch_bases,
+                ..crate::patcher::PatchSettings::default()
+            },
             listener: self.listener.limits().map_err(anyhow::Error::msg)?,
             auth: {
                 let defaults = RegistrySettings::default().auth;

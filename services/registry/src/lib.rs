@@ -11,6 +11,7 @@ mod error;
 mod launch;
 pub mod metrics;
 mod ops;
+pub mod patcher;
 mod server;
 mod service;
 

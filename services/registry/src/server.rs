@@ -43,6 +43,7 @@ pub async fn serve(
     if let Some(alerts) = registry.settings().alerts.clone() {
         background.push(ferry_alerts::run(registry.meta().clone(), alerts)?);
     }
+    background.extend(crate::patcher::start(registry.clone(), registry.settings().patches));
     let auth = AuthLayer::new(registry.keys().clone());
     let service = RegistryServer::new(registry)
         .accept_compressed(CompressionEncoding::Zstd)

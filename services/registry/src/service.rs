@@ -47,6 +47,8 @@ pub struct RegistrySettings {
     pub alerts: Option<ferry_alerts::AlertSettings>,
     /// Reports older than this are deleted (with garbage collection).
     pub report_retention: std::time::Duration,
+    /// Binary patches: which to make on a deploy, and workers making them.
+    pub patches: crate::patcher::PatchSettings,
 }
 
 impl Default for RegistrySettings {
@@ -58,6 +60,7 @@ impl Default for RegistrySettings {
             gc_grace: std::time::Duration::from_secs(24 * 3600),
             alerts: Some(ferry_alerts::AlertSettings::default()),
             report_retention: std::time::Duration::from_secs(90 * 24 * 3600),
+            patches: crate::patcher::PatchSettings::default(),
         }
     }
 }
@@ -373,6 +376,9 @@ impl Registry {
             location_id: location.as_ref().map(|l| l.id),
         };
         let outcome = self.meta.commit_release(auth.tenant_id, app_id, &manifest.version, id, options).await?;
+        if outcome.deployed {
+            self.plan_patches(auth.tenant_id, app_id, id, location.as_ref().map(|l| l.id)).await;
+        }
         info!(%version, manifest = %id, created = outcome.created, deployed = outcome.deployed, "release committed");
         Ok(pb::CommitReleaseResponse { version, created: outcome.created, deployed: outcome.deployed })
     }
@@ -446,6 +452,17 @@ impl Registry {
         }
     }
 
+    /// Queues the patches clients need to move to a release just deployed.
+    /// A failure is logged, never the deploy's: clients then download whole
+    /// files, as without patches.
+    async fn plan_patches(&self, tenant_id: i64, app_id: i64, target: ManifestId, location_id: Option<i64>) {
+        let bases = self.settings.patches.bases;
+        match crate::patcher::plan(self, tenant_id, app_id, target, location_id, bases).await {
+            Ok(queued) => info!(queued, "patches queued"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "queueing patches failed; clients get whole files"),
+        }
+    }
+
     async fn deploy(&self, actor: &Actor, req: pb::DeployRequest) -> Result<pb::DeployResponse, RegistryError> {
         let auth = &actor.auth;
         let app_id = self.app_id(auth, &req.app).await?;
@@ -453,6 +470,9 @@ impl Registry {
             parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
         let compatible = parse_compatible(&req.compatible)?;
         let outcome = self.meta.deploy(app_id, &version, compatible.as_deref()).await?;
+        if let Some((tenant_id, manifest, location_id)) = self.meta.release_at(app_id, &version).await? {
+            self.plan_patches(tenant_id, app_id, manifest, location_id).await;
+        }
         info!(%version, previous = ?outcome.previous, "deployed");
         Ok(pb::DeployResponse { version, previous_version: outcome.previous.unwrap_or_default() })
     }

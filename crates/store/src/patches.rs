@@ -1,0 +1,254 @@
+//! Binary patches (issue 13): the queue of patches to make, and the patches
+//! made. Patches are global and content-addressed, like files: one from
+//! file A to file B serves every tenant whose releases hold both, and is
+//! offered only to a client that says it holds A (a release of its own
+//! app) and moves to B (another), so it reveals nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_release::{Hash, ManifestId};
+
+use crate::error::StoreError;
+use crate::meta::Meta;
+
+/// A patch to make: from `base` to `target`, both files at `location_id`
+/// (`None`: the registry's bucket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchJob {
+    pub id: i64,
+    pub base: Hash,
+    pub target: Hash,
+    pub location_id: Option<i64>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+}
+
+/// A patch as offered: its object is `patches/<hash>` in the registry's
+/// bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchRow {
+    pub algorithm: String,
+    pub hash: Hash,
+    pub size: u64,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatchOutcome {
+    /// Made, checked and stored: offered from now on.
+    Made { algorithm: String, hash: Hash, size: u64 },
+    /// Not worth offering (not clearly smaller than the file), or one of the
+    /// files is gone; never retried.
+    Skipped(String),
+    /// Failed this time; retried after `retry_in` unless attempts are spent.
+    Failed { error: String, retry_in: Duration, give_up: bool },
+}
+
+fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Hash::from_bytes)
+        .map_err(|_| StoreError::Integrity("stored hash is not 32 bytes".into()))
+}
+
+impl Meta {
+    /// Queues patches (each pair once, ever). Returns how many were new.
+    pub async fn enqueue_patches(&self, pairs: &[(Hash, Hash, Option<i64>)]) -> Result<u64, StoreError> {
+        if pairs.is_empty() {
+            return Ok(0);
+        }
+        let client = self.client().await?;
+        let mut added = 0;
+        for batch in pairs.chunks(5_000) {
+            let bases: Vec<&[u8]> = batch.iter().map(|(b, _, _)| b.as_bytes().as_slice()).collect();
+            let targets: Vec<&[u8]> = batch.iter().map(|(_, t, _)| t.as_bytes().as_slice()).collect();
+            let locations: Vec<Option<i64>> = batch.iter().map(|(_, _, l)| *l).collect();
+            added += client
+                .execute(
+                    "INSERT INTO patch_jobs (base_hash, target_hash, location_id) \
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT DO NOTHING",
+                    &[&bases, &targets, &locations],
+                )
+                .await?;
+        }
+        Ok(added)
+    }
+
+    /// Takes the oldest job that is due, for `lease` (another replica may
+    /// take it again once the lease ends, should this one die).
+    pub async fn take_patch_job(&self, lease: Duration) -> Result<Option<PatchJob>, StoreError> {
+        let client = self.client().await?;
+        let lease = lease.as_secs_f64();
+        let row = client
+            .query_opt(
+                "UPDATE patch_jobs SET attempts = attempts + 1, \
+                 not_before = now() + make_interval(secs => $1::float8) \
+                 WHERE id = (SELECT id FROM patch_jobs WHERE state = 'pending' AND not_before <= now() \
+                             ORDER BY not_before, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, base_hash, target_hash, location_id, attempts",
+                &[&lease],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(PatchJob {
+                id: r.get(0),
+                base: hash_of(r.get(1))?,
+                target: hash_of(r.get(2))?,
+                location_id: r.get(3),
+                attempts: r.get(4),
+            })
+        })
+        .transpose()
+    }
+
+    /// Records how `job` ended; a made patch becomes offered in the same
+    /// transaction.
+    pub async fn finish_patch_job(&self, job: &PatchJob, outcome: &PatchOutcome) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        match outcome {
+            PatchOutcome::Made { algorithm, hash, size } => {
+                let size = i64::try_from(*size).map_err(|_| StoreError::Integrity("patch size overflows".into()))?;
+                tx.execute(
+                    "INSERT INTO patches (base_hash, target_hash, algorithm, patch_hash, size) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        &job.base.as_bytes().as_slice(),
+                        &job.target.as_bytes().as_slice(),
+                        algorithm,
+                        &hash.as_bytes().as_slice(),
+                        &size,
+                    ],
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE patch_jobs SET state = 'done', finished_at = now(), last_error = NULL WHERE id = $1",
+                    &[&job.id],
+                )
+                .await?;
+            }
+            PatchOutcome::Skipped(why) => {
+                tx.execute(
+                    "UPDATE patch_jobs SET state = 'skipped', finished_at = now(), last_error = $2 WHERE id = $1",
+                    &[&job.id, why],
+                )
+                .await?;
+            }
+            PatchOutcome::Failed { error, retry_in, give_up } => {
+                let (state, retry) = (if *give_up { "failed" } else { "pending" }, retry_in.as_secs_f64());
+                tx.execute(
+                    "UPDATE patch_jobs SET state = $2, last_error = $3, \
+                     not_before = now() + make_interval(secs => $4::float8), \
+                     finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1",
+                    &[&job.id, &state, error, &retry],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The patches offered for these (base, target) pairs, and which pairs
+    /// still have a patch being made (pending).
+    pub async fn patches_for(
+        &self,
+        pairs: &[(Hash, Hash)],
+    ) -> Result<(HashMap<(Hash, Hash), PatchRow>, usize), StoreError> {
+        let mut found = HashMap::new();
+        if pairs.is_empty() {
+            return Ok((found, 0));
+        }
+        let client = self.client().await?;
+        let bases: Vec<&[u8]> = pairs.iter().map(|(b, _)| b.as_bytes().as_slice()).collect();
+        let targets: Vec<&[u8]> = pairs.iter().map(|(_, t)| t.as_bytes().as_slice()).collect();
+        let rows = client
+            .query(
+                "SELECT p.base_hash, p.target_hash, p.algorithm, p.patch_hash, p.size \
+                 FROM unnest($1::bytea[], $2::bytea[]) AS w(base_hash, target_hash) \
+                 JOIN patches p USING (base_hash, target_hash)",
+                &[&bases, &targets],
+            )
+            .await?;
+        for row in rows {
+            let key = (hash_of(row.get(0))?, hash_of(row.get(1))?);
+            let size = u64::try_from(row.get::<_, i64>(4)).unwrap_or_default();
+            found.insert(key, PatchRow { algorithm: row.get(2), hash: hash_of(row.get(3))?, size });
+        }
+        let pending: i64 = client
+            .query_one(
+                "SELECT count(*) FROM unnest($1::bytea[], $2::bytea[]) AS w(base_hash, target_hash) \
+                 JOIN patch_jobs j USING (base_hash, target_hash) WHERE j.state = 'pending'",
+                &[&bases, &targets],
+            )
+            .await?
+            .get(0);
+        Ok((found, pending as usize))
+    }
+
+    /// The releases of `app_id` clients are likely to move from (or back
+    /// to) when `target` is deployed: the `count` most recently deployed
+    /// and the `count` most recently published, `target` excepted; each as
+    /// (tenant, manifest id), without repeats.
+    pub async fn patch_bases(
+        &self,
+        app_id: i64,
+        target: ManifestId,
+        count: usize,
+    ) -> Result<Vec<(i64, ManifestId)>, StoreError> {
+        let client = self.client().await?;
+        let count = count as i64;
+        let rows = client
+            .query(
+                "SELECT tenant_id, manifest_id FROM (                    (SELECT r.tenant_id, r.manifest_id, 0 AS kind, max(d.id) AS seq FROM deployments d                     JOIN releases r ON r.id = d.release_id WHERE d.app_id = $1 AND r.manifest_id <> $2                     GROUP BY r.id ORDER BY seq DESC LIMIT $3)                    UNION ALL                    (SELECT tenant_id, manifest_id, 1, id FROM releases WHERE app_id = $1 AND manifest_id <> $2                     ORDER BY id DESC LIMIT $3)) b ORDER BY kind, seq DESC",
+                &[&app_id, &target.0.as_slice(), &count],
+            )
+            .await?;
+        let mut out: Vec<(i64, ManifestId)> = Vec::new();
+        for row in rows {
+            let id = ManifestId::from_slice(row.get(1))
+                .ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))?;
+            if !out.iter().any(|(_, seen)| *seen == id) {
+                out.push((row.get(0), id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The release of `app_id` with exactly this version: (tenant, manifest
+    /// id, location).
+    pub async fn release_at(
+        &self,
+        app_id: i64,
+        version: &str,
+    ) -> Result<Option<(i64, ManifestId, Option<i64>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT tenant_id, manifest_id, location_id FROM releases WHERE app_id = $1 AND version = $2",
+                &[&app_id, &version],
+            )
+            .await?;
+        row.map(|r| {
+            let id = ManifestId::from_slice(r.get(1))
+                .ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))?;
+            Ok((r.get(0), id, r.get(2)))
+        })
+        .transpose()
+    }
+
+    /// A download location by id.
+    pub async fn location(&self, id: i64) -> Result<Option<crate::Location>, StoreError> {
+        let client = self.client().await?;
+        let row =
+            client.query_opt("SELECT id, bucket, prefix, public_endpoint FROM locations WHERE id = $1", &[&id]).await?;
+        Ok(row.map(|r| crate::locations::location(&r, 0)))
+    }
+
+    /// Jobs by state (for metrics, the benchmark and tests).
+    pub async fn patch_job_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT state, count(*) FROM patch_jobs GROUP BY state", &[]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
