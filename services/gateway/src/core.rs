@@ -20,8 +20,8 @@ use crate::error::GatewayError;
 use crate::limits::{Limits, Rate};
 use crate::metrics::Metrics;
 use crate::model::{
-    Action, ArtifactFile, CheckAnswer, DeletedFile, LastFailureBody, ReportAccepted, VersionInfo, VersionList,
-    listing_json, rfc3339,
+    Action, ArtifactFile, CheckAnswer, DeletedFile, LastFailureBody, PatchOffer, ReportAccepted, VersionInfo,
+    VersionList, listing_json, rfc3339,
 };
 use crate::tenants::{AppView, IdleExpiry, Lookup, TenantState};
 use crate::urls::Urls;
@@ -157,6 +157,10 @@ struct Inner {
     /// Serving, draining or stopping: what readiness reports.
     lifecycle: ferry_net::Lifecycle,
 }
+
+/// How soon a file list is built again while patches for it are still
+/// being made.
+const PATCH_RECHECK: Duration = Duration::from_secs(20);
 
 /// What a file list depends on: content ids (manifests without their
 /// owner), so tenants publishing identical files share one list (and its
@@ -527,12 +531,46 @@ impl Gateway {
             wanted
                 .extend(artifact.files.iter().filter(|f| !unchanged.contains(f.path.as_str())).map(|f| (artifact, f)));
         }
+        // With `have`: the file each one can be patched from (issue 13).
+        let bases: Vec<Option<Hash>> = wanted
+            .iter()
+            .map(|(artifact, file)| {
+                let before =
+                    previous.as_ref()?.artifacts.iter().find(|a| a.name == artifact.name && a.kind == artifact.kind)?;
+                let single = artifact.kind == ArtifactKind::File;
+                let base = ferry_patch::counterpart(single, &file.path, &before.files, |f| f.path.as_str())?;
+                (base.hash != file.hash).then_some(base.hash)
+            })
+            .collect();
+        let pairs: Vec<(Hash, Hash)> =
+            wanted.iter().zip(&bases).filter_map(|((_, file), base)| Some(((*base)?, file.hash))).collect();
+        let (patches, pending) = self.inner.meta.patches_for(&pairs).await?;
         let mut artifacts = Vec::with_capacity(wanted.len());
         let min_remaining = self.inner.urls.min_remaining();
-        let mut fresh_until = (self.inner.clock)() + self.inner.config.presign_lifetime;
-        for (artifact, file) in wanted {
+        let now = (self.inner.clock)();
+        let mut fresh_until = now + self.inner.config.presign_lifetime;
+        if pending > 0 {
+            // Patches still being made: look again soon.
+            fresh_until = fresh_until.min(now + PATCH_RECHECK);
+        }
+        for ((artifact, file), base) in wanted.into_iter().zip(bases) {
             let url = self.inner.urls.get(&file.hash, key.location.as_deref()).await?;
             fresh_until = fresh_until.min(url.expires_at - min_remaining);
+            let patch = match base.and_then(|base| Some((base, patches.get(&(base, file.hash))?))) {
+                Some((base, row)) => {
+                    let url = self.inner.urls.patch(&row.hash).await?;
+                    fresh_until = fresh_until.min(url.expires_at - min_remaining);
+                    Some(PatchOffer {
+                        algorithm: row.algorithm.clone(),
+                        base_blake3: base.to_hex().to_string(),
+                        size: row.size,
+                        blake3: row.hash.to_hex().to_string(),
+                        url: url.url.to_string(),
+                        expires_at: rfc3339(url.expires_at),
+                    })
+                }
+                None => None,
+            };
             artifacts.push(ArtifactFile {
                 kind: artifact.name.to_string(),
                 path: file.path.clone(),
@@ -540,6 +578,7 @@ impl Gateway {
                 blake3: file.hash.to_hex().to_string(),
                 url: url.url.to_string(),
                 expires_at: rfc3339(url.expires_at),
+                patch,
             });
         }
         let delta = previous.is_some();

@@ -76,6 +76,14 @@ impl From<CheckAnswer> for pb::CheckResponse {
                     blake3: f.blake3.clone(),
                     url: f.url.clone(),
                     expires_at: f.expires_at.clone(),
+                    patch: f.patch.as_ref().map(|p| pb::PatchOffer {
+                        algorithm: p.algorithm.clone(),
+                        base_blake3: p.base_blake3.clone(),
+                        size: p.size,
+                        blake3: p.blake3.clone(),
+                        url: p.url.clone(),
+                        expires_at: p.expires_at.clone(),
+                    }),
                 })
                 .collect(),
             deleted: a.deleted.iter().map(|d| pb::DeletedFile { kind: d.kind.clone(), path: d.path.clone() }).collect(),

@@ -21,8 +21,8 @@ use utoipa::{IntoParams, Modify, OpenApi};
 use crate::core::{Caller, CheckParams, Gateway};
 use crate::error::GatewayError;
 use crate::model::{
-    Action, ArtifactFile, CheckAnswer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody, ReportAccepted,
-    ReportBody, VersionInfo, VersionList,
+    Action, ArtifactFile, CheckAnswer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody, PatchOffer,
+    ReportAccepted, ReportBody, VersionInfo, VersionList,
 };
 use crate::watch::WatchItem;
 
@@ -40,6 +40,7 @@ use crate::watch::WatchItem;
         CheckAnswer,
         Action,
         ArtifactFile,
+        PatchOffer,
         DeletedFile,
         LastFailureBody,
         VersionList,

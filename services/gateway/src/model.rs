@@ -179,6 +179,35 @@ pub struct ArtifactFile {
     /// When `url` stops working (RFC 3339, UTC).
     #[schema(example = "2026-11-22T10:15:00Z")]
     pub expires_at: String,
+    /// With `have`: a binary patch from the file of that release at the
+    /// same artifact and path (for a single-file artifact, its one file) to
+    /// this one, when one is ready and clearly smaller. Apply it to that
+    /// file, check the result's BLAKE3 against `blake3`, and on any failure
+    /// download `url` instead (docs/clients.md, "Patches").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchOffer>,
+}
+
+/// A binary patch that turns a file the client holds into a file to
+/// download.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PatchOffer {
+    /// `zstd-ref`: one zstd frame whose content is the new file, compressed
+    /// with the base file as reference prefix (`zstd -d --patch-from=BASE
+    /// --long=31`).
+    #[schema(example = "zstd-ref")]
+    pub algorithm: String,
+    /// Hex BLAKE3 of the file the patch applies to (the client's copy).
+    pub base_blake3: String,
+    /// Bytes of the patch.
+    pub size: u64,
+    /// Hex BLAKE3 of the patch's bytes.
+    pub blake3: String,
+    /// Presigned S3 GET URL of the patch.
+    pub url: String,
+    /// When `url` stops working (RFC 3339, UTC).
+    #[schema(example = "2026-11-22T10:15:00Z")]
+    pub expires_at: String,
 }
 
 /// A device's latest failed upgrade, as answers show it.
@@ -314,6 +343,14 @@ mod tests {
             blake3: "ab".repeat(32),
             url: "http://s3/files/x?X-Amz-Signature=1&a=<b>".into(),
             expires_at: "2026-11-22T10:15:00Z".into(),
+            patch: Some(PatchOffer {
+                algorithm: "zstd-ref".into(),
+                base_blake3: "cd".repeat(32),
+                size: 7,
+                blake3: "ef".repeat(32),
+                url: "http://s3/patches/y?X-Amz-Signature=2".into(),
+                expires_at: "2026-11-22T10:15:00Z".into(),
+            }),
         }];
         let deleted = vec![DeletedFile { kind: "web".into(), path: "gone.js".into() }];
         let mut answer = CheckAnswer {

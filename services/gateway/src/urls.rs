@@ -22,8 +22,16 @@ pub(crate) struct PresignedUrl {
     pub(crate) expires_at: SystemTime,
 }
 
+/// What a URL is for: a file at a location, or a patch (always in the
+/// registry's bucket).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Object {
+    File(Option<i64>, Hash),
+    Patch(Hash),
+}
+
 pub(crate) struct Urls {
-    cache: Cache<(Option<i64>, Hash), PresignedUrl>,
+    cache: Cache<Object, PresignedUrl>,
     blobs: Blobs,
     lifetime: Duration,
     /// The least validity a URL handed out has left: half the lifetime.
@@ -48,15 +56,28 @@ impl Urls {
     /// from now: the cached one while it does, else a freshly signed one,
     /// at `location` (`None`: the registry's bucket).
     pub(crate) async fn get(&self, hash: &Hash, location: Option<&Location>) -> Result<PresignedUrl, GatewayError> {
+        self.url(Object::File(location.map(|l| l.id), *hash), location).await
+    }
+
+    /// A URL for the patch named `hash`, as [`Urls::get`].
+    pub(crate) async fn patch(&self, hash: &Hash) -> Result<PresignedUrl, GatewayError> {
+        self.url(Object::Patch(*hash), None).await
+    }
+
+    async fn url(&self, key: Object, location: Option<&Location>) -> Result<PresignedUrl, GatewayError> {
         let now = (self.clock)();
-        let key = (location.map(|l| l.id), *hash);
         if let Some(url) = self.cache.get(&key).await
             && url.expires_at >= now + self.min_remaining
         {
             return Ok(url);
         }
-        let blobs = if location.is_some() { self.blobs.at(location) } else { self.blobs.clone() };
-        let (url, expires_at) = blobs.presign_file_from(hash, now, self.lifetime).await?;
+        let (url, expires_at) = match key {
+            Object::File(_, hash) if location.is_some() => {
+                self.blobs.at(location).presign_file_from(&hash, now, self.lifetime).await?
+            }
+            Object::File(_, hash) => self.blobs.presign_file_from(&hash, now, self.lifetime).await?,
+            Object::Patch(hash) => self.blobs.presign_patch_from(&hash, now, self.lifetime).await?,
+        };
         if expires_at < now + self.min_remaining {
             tracing::warn!(
                 left_seconds = expires_at.duration_since(now).unwrap_or_default().as_secs(),
