@@ -53,6 +53,20 @@ pub struct ArtifactFile {
     pub blake3: String,
     pub url: String,
     pub expires_at: String,
+    /// A binary patch from a file the client holds (with `have`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchOffer>,
+}
+
+/// A binary patch offered for a file (see `ferry_patch` for the format).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PatchOffer {
+    pub algorithm: String,
+    pub base_blake3: String,
+    pub size: u64,
+    pub blake3: String,
+    pub url: String,
+    pub expires_at: String,
 }
 
 /// A file of the release the client runs that the target no longer has.
@@ -157,6 +171,13 @@ impl Answer {
             }
             if !(f.url.starts_with("https://") || f.url.starts_with("http://")) {
                 return bad(format!("{}/{}: the URL is not http(s)", f.kind, f.path));
+            }
+            if let Some(p) = &f.patch
+                && (!is_hex_id(&p.base_blake3)
+                    || !is_hex_id(&p.blake3)
+                    || !(p.url.starts_with("https://") || p.url.starts_with("http://")))
+            {
+                return bad(format!("{}/{}: its patch has a malformed hash or URL", f.kind, f.path));
             }
             if !seen.insert((f.kind.as_str(), f.path.as_str())) {
                 return bad(format!("{}/{} is listed twice", f.kind, f.path));
@@ -331,6 +352,7 @@ mod tests {
                 blake3: "cd".repeat(32),
                 url: "https://s3.example/x".into(),
                 expires_at: "2026-11-22T10:15:00Z".into(),
+                patch: None,
             }],
             deleted: vec![],
             delta: false,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::api::{Action, Answer, ArtifactFile, LastFailure, Outcome, Report};
+use crate::api::{Action, Answer, ArtifactFile, LastFailure, Outcome, PatchOffer, Report};
 use crate::cache::{Cache, CacheError, Current, FileRecord, ReleaseRecord, hash_file, io};
 use crate::download::{FetchError, fetch};
 use crate::{Client, Error};
@@ -40,6 +40,10 @@ pub struct Synced {
     pub downloaded_bytes: u64,
     /// Files copied from a release in the cache instead of downloaded.
     pub reused_files: usize,
+    /// Files rebuilt from a file in the cache and a downloaded binary patch
+    /// (counted in `downloaded_files`; `downloaded_bytes` counts the
+    /// patches' bytes).
+    pub patched_files: usize,
     /// Whether the gateway has the outcome report (otherwise it is kept
     /// and sent by the next sync).
     pub reported: bool,
@@ -73,6 +77,7 @@ enum Installed {
     Done {
         downloaded: usize,
         reused: usize,
+        patched: usize,
     },
     /// The gateway now deploys another release: start over.
     Moved,
@@ -157,13 +162,14 @@ impl Client {
                     downloaded_files: 0,
                     downloaded_bytes: 0,
                     reused_files: 0,
+                    patched_files: 0,
                     reported: true,
                     held_back,
                 });
             }
             let installed = self.install(cache, &answer, &from_version, record.as_ref(), &received, observe).await;
-            let (downloaded, reused) = match installed {
-                Ok(Installed::Done { downloaded, reused }) => (downloaded, reused),
+            let (downloaded, reused, patched) = match installed {
+                Ok(Installed::Done { downloaded, reused, patched }) => (downloaded, reused, patched),
                 Ok(Installed::Moved) if restarts < RESTARTS => {
                     restarts += 1;
                     tracing::info!("the deployment changed during the download; starting over");
@@ -209,6 +215,7 @@ impl Client {
                 downloaded_files: downloaded,
                 downloaded_bytes: received.load(Ordering::Relaxed),
                 reused_files: reused,
+                patched_files: patched,
                 reported,
                 held_back: false,
             });
@@ -231,7 +238,7 @@ impl Client {
             // Installed before (the previous release): nothing to fetch,
             // if it is all there.
             if cache.looks_complete(&record) {
-                return Ok(Installed::Done { downloaded: 0, reused: 0 });
+                return Ok(Installed::Done { downloaded: 0, reused: 0, patched: 0 });
             }
             tracing::warn!(manifest_id = id, "a release kept in the cache is incomplete; downloading it again");
             cache.remove_release(id)?;
@@ -242,6 +249,7 @@ impl Client {
         let (tree, parts) = cache.staging(id);
         let reusable = reusable_files(cache)?;
         let mut reused = 0;
+        let mut patched = 0;
         let mut to_fetch: Vec<usize> = Vec::new();
         for (i, p) in planned.iter().enumerate() {
             let dest = tree.join(p.record.relative());
@@ -249,10 +257,27 @@ impl Client {
                 continue; // staged by an earlier, interrupted sync
             }
             if let Some(source) = reusable.get(&p.record.blake3)
-                && copy_verified(source.clone(), parts.join(p.record.relative()), dest, p.record.clone()).await?
+                && copy_verified(source.clone(), parts.join(p.record.relative()), dest.clone(), p.record.clone())
+                    .await?
             {
                 reused += 1;
                 continue;
+            }
+            // A patch from a file the cache holds: a fraction of the bytes.
+            // Any failure costs only the patch: the whole file follows.
+            if let Some(offer) = p.source.as_ref().and_then(|s| s.patch.as_ref())
+                && let Some(base) = reusable.get(&offer.base_blake3)
+            {
+                let tmp = parts.join(p.record.relative());
+                match self.apply_patch(offer, base.clone(), tmp, dest, &p.record, received).await {
+                    Ok(()) => {
+                        patched += 1;
+                        continue;
+                    }
+                    Err(reason) => {
+                        tracing::info!(file = %file_label(&p.record), reason, "patch not used; downloading the whole file")
+                    }
+                }
             }
             to_fetch.push(i);
         }
@@ -265,7 +290,7 @@ impl Client {
             }
             refresh_sources(&mut planned, &full);
         }
-        let downloaded = to_fetch.len();
+        let downloaded = to_fetch.len() + patched;
         let mut refreshes = 0;
         while !to_fetch.is_empty() {
             let results: Vec<(usize, Result<(), FetchError>)> = futures::stream::iter(to_fetch.iter().copied())
@@ -345,7 +370,65 @@ impl Client {
         };
         let cache = cache.clone();
         tokio::task::spawn_blocking(move || cache.install(&record)).await.expect("installing does not panic")?;
-        Ok(Installed::Done { downloaded, reused })
+        Ok(Installed::Done { downloaded, reused, patched })
+    }
+
+    /// Downloads `offer`, checks it, applies it to `base` into `tmp` and
+    /// moves the result to `dest` once its BLAKE3 is the record's. Nothing
+    /// is left at `dest` on failure; the error says why.
+    async fn apply_patch(
+        &self,
+        offer: &PatchOffer,
+        base: PathBuf,
+        tmp: PathBuf,
+        dest: PathBuf,
+        record: &FileRecord,
+        received: &AtomicU64,
+    ) -> Result<(), String> {
+        if offer.algorithm != ferry_patch::ALGORITHM {
+            return Err(format!("unknown patch algorithm {:?}", offer.algorithm));
+        }
+        if offer.size >= record.size {
+            return Err(format!("a patch of {} bytes for a file of {}", offer.size, record.size));
+        }
+        let expected = blake3::Hash::from_hex(&record.blake3).map_err(|e| e.to_string())?;
+        let mut response = self.http.get(&offer.url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("the patch URL answered {}", response.status()));
+        }
+        let mut patch = Vec::with_capacity(offer.size as usize);
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if (patch.len() + chunk.len()) as u64 > offer.size {
+                return Err("the patch is longer than announced".into());
+            }
+            patch.extend_from_slice(&chunk);
+        }
+        if patch.len() as u64 != offer.size || blake3::hash(&patch).to_hex().as_str() != offer.blake3 {
+            return Err("the patch downloaded does not match its size and BLAKE3".into());
+        }
+        let size = record.size;
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let base = std::fs::read(&base).map_err(|e| format!("reading {}: {e}", base.display()))?;
+            let applied = (|| -> Result<(), String> {
+                for path in [&tmp, &dest] {
+                    let parent = path.parent().expect("staged files have a parent");
+                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                }
+                let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+                let mut out = std::io::BufWriter::new(file);
+                ferry_patch::apply(&base, patch.as_slice(), &mut out, &expected, size).map_err(|e| e.to_string())?;
+                let file = out.into_inner().map_err(|e| e.to_string())?;
+                file.sync_all().map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())
+            })();
+            if applied.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            applied
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// One file, resumed after cuts and started over after corruption, up
