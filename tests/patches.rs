@@ -1,0 +1,197 @@
+//! Binary patches end to end (issue 13): a deploy queues patches between the
+//! new release and the ones clients run, in both directions; the registry's
+//! worker makes and checks them; the gateway offers them beside the whole
+//! files; the reference client downloads a patch instead of a file, and
+//! falls back to the whole file when a patch is damaged. Real PostgreSQL,
+//! S3 (SigV4) and HTTP throughout.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use ferry_client::{Action, Cache, Client, Config};
+use ferry_e2e::{GatewayHandle, Release, Stack, noise, publish_to};
+use ferry_gateway::GatewayConfig;
+use ferry_release::{Hash, Name};
+use serde_json::Value;
+
+struct Env {
+    stack: Stack,
+    gw: GatewayHandle,
+    agent: String,
+    key: String,
+}
+
+async fn env() -> Env {
+    let stack = Stack::start().await;
+    let agent = stack.tenant("acme").await;
+    let unlimited = ferry_gateway::Rate { per_second: 1e6, burst: 1_000_000 };
+    let gw = stack.gateway(GatewayConfig { device_rate: unlimited, ..GatewayConfig::default() }).await;
+    let key = stack.client_key("acme").await;
+    Env { stack, gw, agent, key }
+}
+
+impl Env {
+    fn client(&self, device: &str) -> Client {
+        let mut config = Config::new(&self.gw.http, &self.key, "acme", "crm");
+        config.device_id = Some(device.to_owned());
+        Client::new(config).unwrap()
+    }
+
+    /// Publishes (or deploys again) `version` and waits until the gateway
+    /// answers with it.
+    async fn deploy(&self, version: &str, release: Option<&Release>) {
+        let mut applied = self.gw.gateway.applied();
+        let conn = self.stack.connection(&self.agent);
+        match release {
+            Some(release) => {
+                publish_to(&conn, "acme", version, &release.artifacts(), true).await.unwrap();
+            }
+            None => {
+                let (tenant, app) = (Name::parse("tenant", "acme").unwrap(), Name::parse("app", "crm").unwrap());
+                ferry_agent::deploy(&conn, &tenant, &app, &version.parse().unwrap()).await.unwrap();
+            }
+        }
+        let probe = self.client("deploy-probe");
+        let seen = async {
+            while probe.check("0.0.0-0", None).await.unwrap().target != version {
+                let _ = applied.recv().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), seen).await.expect("the gateway sees the deploy");
+    }
+}
+
+/// Version 2 of `v1`'s files: 20 KB of the 1 MB APK and 10 KB of app.js
+/// changed; everything else the same.
+fn edited(v1: &Release) -> Release {
+    let v2 = Release::new(1_000_000, 7);
+    let mut apk = std::fs::read(&v1.apk).unwrap();
+    apk[600_000..620_000].copy_from_slice(&noise(20_000, 70));
+    std::fs::write(&v2.apk, apk).unwrap();
+    let mut app = std::fs::read(v1.web.join("assets/app.js")).unwrap();
+    app[100_000..110_000].copy_from_slice(&noise(10_000, 71));
+    std::fs::write(v2.web.join("assets/app.js"), app).unwrap();
+    v2
+}
+
+fn hash(path: &Path) -> Hash {
+    Hash::from_bytes(*blake3::hash(&std::fs::read(path).unwrap()).as_bytes())
+}
+
+/// The patch stored from `base` to `target`: (its hash, size).
+async fn stored_patch(stack: &Stack, base: &Path, target: &Path) -> (Hash, u64) {
+    let client = stack.meta.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT patch_hash, size FROM patches WHERE base_hash = $1 AND target_hash = $2",
+            &[&hash(base).as_bytes().as_slice(), &hash(target).as_bytes().as_slice()],
+        )
+        .await
+        .unwrap();
+    (Hash::from_bytes(<[u8; 32]>::try_from(row.get::<_, &[u8]>(0)).unwrap()), row.get::<_, i64>(1) as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_are_made_offered_and_applied_in_both_directions() {
+    let env = env().await;
+    let v1 = Release::new(1_000_000, 7);
+    let v2 = edited(&v1);
+    env.deploy("1.0.0", Some(&v1)).await;
+    assert_eq!(env.stack.make_patches().await, 0, "nothing to patch from");
+
+    // A phone on 1.0.0 (and one that will start on 2.0.0).
+    let (phone, cache_dir) = (env.client("phone-1"), tempfile::tempdir().unwrap());
+    let cache = Cache::open(cache_dir.path()).unwrap();
+    phone.sync(&cache).await.unwrap();
+    let v1_id = cache.current().unwrap().unwrap().manifest_id;
+
+    // Deploying 2.0.0 queues the APK and app.js, both ways; the small API
+    // file (under 4 KiB) and the unchanged files get none.
+    env.deploy("2.0.0", Some(&v2)).await;
+    assert_eq!(env.stack.make_patches().await, 4);
+    let counts = env.stack.meta.patch_job_counts().await.unwrap();
+    assert_eq!(counts.get("done"), Some(&4), "{counts:?}");
+
+    // The gateway offers them beside the whole files.
+    let answer: Value = ferry_testkit::http()
+        .get(format!("{}/v1/check", env.gw.http))
+        .query(&[("tenant", "acme"), ("app", "crm"), ("version", "1.0.0"), ("have", v1_id.as_str())])
+        .bearer_auth(&env.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let files = answer["artifacts"].as_array().unwrap();
+    let patched: Vec<(&str, &Value)> =
+        files.iter().filter_map(|f| Some((f["path"].as_str().unwrap(), f.get("patch")?))).collect();
+    let names: Vec<&str> = patched.iter().map(|(p, _)| *p).collect();
+    assert_eq!(names.len(), 2, "{answer}");
+    assert!(names.contains(&"crm.apk") && names.contains(&"assets/app.js"), "{names:?}");
+    let mut patch_bytes = 0;
+    for (path, offer) in &patched {
+        let (base, target) =
+            if *path == "crm.apk" { (v1.apk.clone(), v2.apk.clone()) } else { (v1.web.join(path), v2.web.join(path)) };
+        assert_eq!(offer["algorithm"], "zstd-ref");
+        assert_eq!(offer["base_blake3"].as_str().unwrap(), hash(&base).to_hex().as_str());
+        let body =
+            ferry_testkit::http().get(offer["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(body.len() as u64, offer["size"].as_u64().unwrap());
+        assert_eq!(blake3::hash(&body).to_hex().as_str(), offer["blake3"].as_str().unwrap());
+        let target_bytes = std::fs::read(&target).unwrap();
+        assert!(body.len() * 10 < target_bytes.len(), "{path}: a {} byte patch", body.len());
+        let rebuilt = ferry_patch::apply_to_vec(
+            &std::fs::read(&base).unwrap(),
+            &body,
+            &blake3::hash(&target_bytes),
+            target_bytes.len() as u64,
+        )
+        .unwrap();
+        assert!(rebuilt == target_bytes, "{path} rebuilt");
+        patch_bytes += body.len() as u64;
+    }
+
+    // The phone upgrades by patch: it downloads exactly the patches.
+    let synced = phone.sync(&cache).await.unwrap();
+    assert_eq!((synced.action, synced.switched), (Action::Upgrade, true));
+    assert_eq!((synced.patched_files, synced.downloaded_files), (2, 2));
+    assert_eq!(synced.downloaded_bytes, patch_bytes);
+    let current = cache.current().unwrap().unwrap();
+    assert_eq!(current.version, "2.0.0");
+    cache.verify(&current.manifest_id).unwrap();
+
+    // A phone that starts on 2.0.0 holds no 1.0.0: rolling back is by patch
+    // too, except where a patch is damaged, which costs only the patch.
+    let (other, other_dir) = (env.client("phone-2"), tempfile::tempdir().unwrap());
+    let other_cache = Cache::open(other_dir.path()).unwrap();
+    other.sync(&other_cache).await.unwrap();
+    env.deploy("1.0.0", None).await;
+    assert_eq!(env.stack.make_patches().await, 0, "patches back were made with the first deploy of 2.0.0");
+    let (damaged, size) = stored_patch(&env.stack, &v2.apk, &v1.apk).await;
+    env.stack.blobs.put_patch(&damaged, Bytes::from(noise(size as usize, 99))).await.unwrap();
+    let synced = other.sync(&other_cache).await.unwrap();
+    assert_eq!((synced.action, synced.switched), (Action::Downgrade, true));
+    assert_eq!((synced.patched_files, synced.downloaded_files), (1, 2), "app.js by patch, the APK whole");
+    let (_, app_patch) = stored_patch(&env.stack, &v2.web.join("assets/app.js"), &v1.web.join("assets/app.js")).await;
+    assert_eq!(synced.downloaded_bytes, size + app_patch + std::fs::metadata(&v1.apk).unwrap().len());
+    let current = other_cache.current().unwrap().unwrap();
+    assert_eq!(current.version, "1.0.0");
+    other_cache.verify(&current.manifest_id).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_not_clearly_smaller_is_not_offered() {
+    let env = env().await;
+    let v1 = Release::new(200_000, 11);
+    env.deploy("1.0.0", Some(&v1)).await;
+    // Unrelated bytes: a patch would be as large as the file.
+    let v2 = Release::new(200_000, 12);
+    env.deploy("2.0.0", Some(&v2)).await;
+    assert!(env.stack.make_patches().await > 0);
+    let counts = env.stack.meta.patch_job_counts().await.unwrap();
+    assert!(!counts.contains_key("done") && counts.get("skipped").is_some_and(|n| *n > 0), "{counts:?}");
+    let client = env.stack.meta.client().await.unwrap();
+    let offered: i64 = client.query_one("SELECT count(*) FROM patches", &[]).await.unwrap().get(0);
+    assert_eq!(offered, 0);
+}
