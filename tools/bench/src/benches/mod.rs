@@ -6,6 +6,7 @@
 mod dashboard;
 mod gateway;
 mod pack;
+mod patches;
 mod republish;
 mod transfer;
 mod upload;
@@ -26,12 +27,14 @@ pub(crate) enum Bench {
     Watch,
     Dashboard,
     Variants,
+    Patches,
 }
 
 impl Bench {
-    pub(crate) const ALL: [Bench; 8] = [
+    pub(crate) const ALL: [Bench; 9] = [
         Bench::Pack,
         Bench::Transfer,
+        Bench::Patches,
         Bench::Upload,
         Bench::Republish,
         Bench::Variants,
@@ -50,6 +53,7 @@ impl Bench {
             Bench::Watch => "watch",
             Bench::Dashboard => "dashboard",
             Bench::Variants => "variants",
+            Bench::Patches => "patches",
         }
     }
 
@@ -71,6 +75,7 @@ impl Bench {
             Bench::Watch => &[],
             Bench::Dashboard => &[],
             Bench::Variants => &["curl", "tar"],
+            Bench::Patches => &["zstd", "curl", "tar"],
         }
     }
 
@@ -97,6 +102,7 @@ impl Bench {
             Bench::Watch => serde_json::to_value(Box::pin(watch::run(quick)).await?)?,
             Bench::Dashboard => serde_json::to_value(Box::pin(dashboard::run(quick)).await?)?,
             Bench::Variants => serde_json::to_value(Box::pin(variants::run(quick)).await?)?,
+            Bench::Patches => serde_json::to_value(Box::pin(patches::run(quick)).await?)?,
             Bench::Gateway => {
                 let Some(tenants) = param else { bail!("the gateway benchmark needs --param TENANTS") };
                 serde_json::to_value(Box::pin(gateway::run(quick, tenants)).await?)?
@@ -120,6 +126,7 @@ impl Bench {
             Bench::Watch => Ok(watch::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Dashboard => Ok(dashboard::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Variants => Ok(variants::render(&serde_json::from_value(one()?)?, quick)),
+            Bench::Patches => Ok(patches::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Gateway => {
                 let runs = figures.iter().map(|f| serde_json::from_value(f.clone())).collect::<Result<Vec<_>, _>>()?;
                 gateway::render(&runs, quick)

@@ -116,7 +116,7 @@ fn rsync_sent(v1: &Path, v2: &Path, extra: &[&str]) -> anyhow::Result<u64> {
 
 /// Size of `zstd -19 --long --patch-from=v1 v2`; a directory is first
 /// made into a tar file with sorted names and fixed metadata.
-fn zstd_patch_size(v1: &Path, v2: &Path) -> anyhow::Result<u64> {
+pub(crate) fn zstd_patch_size(v1: &Path, v2: &Path) -> anyhow::Result<u64> {
     let dir = tempfile::tempdir()?;
     let as_file = |path: &Path, name: &str| -> anyhow::Result<std::path::PathBuf> {
         if !path.is_dir() {
