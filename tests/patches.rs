@@ -195,3 +195,45 @@ async fn a_patch_not_clearly_smaller_is_not_offered() {
     let offered: i64 = client.query_one("SELECT count(*) FROM patches", &[]).await.unwrap().get(0);
     assert_eq!(offered, 0);
 }
+
+/// The queue's leases: a job whose lease ran out is taken again, the
+/// worker that lost it cannot change its state, a job tried too often is
+/// given up, and a later deploy queues it again.
+#[tokio::test]
+async fn patch_jobs_are_leased_taken_over_given_up_and_queued_again() {
+    use ferry_store::{PatchOutcome, PatchPair};
+    use std::time::Duration;
+    let stack = Stack::start().await;
+    let meta = &stack.meta;
+    let h = |seed: u8| Hash::from_bytes([seed; 32]);
+    let pair = PatchPair { base: h(1), base_location_id: None, target: h(2), target_location_id: None };
+    assert_eq!(meta.enqueue_patches(&[pair, pair]).await.unwrap(), 1, "one job per pair");
+    assert_eq!(meta.enqueue_patches(&[pair]).await.unwrap(), 0);
+
+    // A lease of zero has run out at once: the job is anyone's again.
+    let first = meta.take_patch_job(Duration::ZERO, 3).await.unwrap().expect("a job");
+    let second = meta.take_patch_job(Duration::ZERO, 3).await.unwrap().expect("the same job, taken over");
+    assert_eq!((first.id, first.attempts, second.attempts), (second.id, 1, 2));
+    assert!(!meta.renew_patch_lease(&first, Duration::from_secs(60)).await.unwrap(), "the first lost its lease");
+    let failed = PatchOutcome::Failed { error: "late".into(), retry_in: Duration::ZERO, give_up: true };
+    assert!(!meta.finish_patch_job(&first, &failed).await.unwrap(), "a stale worker changes nothing");
+    assert_eq!(meta.patch_job_counts().await.unwrap().get("pending"), Some(&1));
+
+    // Tried as often as allowed: given up when next looked at.
+    let third = meta.take_patch_job(Duration::ZERO, 3).await.unwrap().expect("a third attempt");
+    assert_eq!(third.attempts, 3);
+    assert!(meta.take_patch_job(Duration::ZERO, 3).await.unwrap().is_none());
+    assert_eq!(meta.patch_job_counts().await.unwrap().get("failed"), Some(&1));
+
+    // A later deploy queues it again, from the start.
+    assert_eq!(meta.enqueue_patches(&[pair]).await.unwrap(), 1);
+    let again = meta.take_patch_job(Duration::from_secs(60), 3).await.unwrap().expect("queued again");
+    assert_eq!(again.attempts, 1);
+    assert!(meta.take_patch_job(Duration::from_secs(60), 3).await.unwrap().is_none(), "leased: nobody else gets it");
+    assert!(meta.renew_patch_lease(&again, Duration::from_secs(60)).await.unwrap());
+    let made = PatchOutcome::Made { algorithm: "zstd-ref".into(), hash: h(3), size: 10 };
+    assert!(meta.finish_patch_job(&again, &made).await.unwrap());
+    let (offered, pending) = meta.patches_for(&[(h(1), h(2))]).await.unwrap();
+    assert_eq!((offered.len(), pending), (1, 0));
+    assert_eq!(meta.enqueue_patches(&[pair]).await.unwrap(), 0, "done jobs stay done");
+}

@@ -268,7 +268,8 @@ impl Client {
             if let Some(offer) = p.source.as_ref().and_then(|s| s.patch.as_ref())
                 && let Some(base) = reusable.get(&offer.base_blake3)
             {
-                let tmp = parts.join(p.record.relative());
+                // Beside the partial downloads, never over one.
+                let tmp = parts.with_file_name("patching").join(p.record.relative());
                 match self.apply_patch(offer, base.clone(), tmp, dest, &p.record, received).await {
                     Ok(()) => {
                         patched += 1;
@@ -388,7 +389,7 @@ impl Client {
         if offer.algorithm != ferry_patch::ALGORITHM {
             return Err(format!("unknown patch algorithm {:?}", offer.algorithm));
         }
-        if offer.size >= record.size {
+        if offer.size >= record.size || offer.size > ferry_patch::MAX_FILE_BYTES {
             return Err(format!("a patch of {} bytes for a file of {}", offer.size, record.size));
         }
         let expected = blake3::Hash::from_hex(&record.blake3).map_err(|e| e.to_string())?;
@@ -396,7 +397,8 @@ impl Client {
         if !response.status().is_success() {
             return Err(format!("the patch URL answered {}", response.status()));
         }
-        let mut patch = Vec::with_capacity(offer.size as usize);
+        // Grown as bytes arrive: the announced size is the gateway's word.
+        let mut patch = Vec::with_capacity(offer.size.min(1 << 20) as usize);
         while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
             received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if (patch.len() + chunk.len()) as u64 > offer.size {

@@ -64,7 +64,7 @@ pub fn worth_offering(patch_len: u64, target_len: u64) -> bool {
 /// kind, the file at the same path; for a single-file artifact, its one
 /// file, whatever its name (`crm-2.3.apk` → `crm-2.4.apk`). The registry
 /// (which makes patches) and the gateway (which offers them) both pair files
-/// with this.
+/// with this. `base_files` are sorted by path (as manifests keep them).
 pub fn counterpart<'a, F>(
     single_file: bool,
     target_path: &str,
@@ -77,7 +77,7 @@ pub fn counterpart<'a, F>(
             _ => None,
         };
     }
-    base_files.iter().find(|f| path_of(f) == target_path)
+    base_files.binary_search_by(|f| path_of(f).as_bytes().cmp(target_path.as_bytes())).ok().map(|i| &base_files[i])
 }
 
 /// Why a patch could not be made or applied.
@@ -211,8 +211,9 @@ mod tests {
 
     #[test]
     fn files_pair_by_path_or_as_the_one_file() {
-        let base = ["a.js", "b.js"];
+        let base = ["a.js", "b.js", "c/d.js"];
         assert_eq!(counterpart(false, "b.js", &base, |f| f), Some(&"b.js"));
+        assert_eq!(counterpart(false, "c/d.js", &base, |f| f), Some(&"c/d.js"));
         assert_eq!(counterpart(false, "c.js", &base, |f| f), None);
         assert_eq!(counterpart(true, "crm-2.4.apk", &["crm-2.3.apk"], |f| f), Some(&"crm-2.3.apk"));
         assert_eq!(counterpart(true, "x", &base, |f| f), None);

@@ -15,14 +15,18 @@ CREATE TABLE patches (
 );
 
 -- The work queue: one job per (base, target), taken by one registry
--- replica at a time under a lease (FOR UPDATE SKIP LOCKED), retried with
--- back-off, given up after a few attempts. `location_id` says where both
--- files are (NULL: the registry's bucket).
+-- replica at a time under a lease (FOR UPDATE SKIP LOCKED; `not_before` is
+-- the lease's end while a worker holds it, renewed while it works, and
+-- `attempts` is the lease's token: a worker whose lease was taken over
+-- cannot finish the job), retried with back-off, given up after a few
+-- attempts and queued again by a later deploy. The locations say where
+-- each file is (NULL: the registry's bucket).
 CREATE TABLE patch_jobs (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     base_hash     BYTEA NOT NULL CHECK (length(base_hash) = 32),
     target_hash   BYTEA NOT NULL CHECK (length(target_hash) = 32),
-    location_id   BIGINT REFERENCES locations (id),
+    base_location_id    BIGINT REFERENCES locations (id),
+    target_location_id  BIGINT REFERENCES locations (id),
     state         TEXT NOT NULL DEFAULT 'pending'
                   CHECK (state IN ('pending', 'done', 'skipped', 'failed')),
     attempts      INTEGER NOT NULL DEFAULT 0,

@@ -12,16 +12,26 @@ use ferry_release::{Hash, ManifestId};
 use crate::error::StoreError;
 use crate::meta::Meta;
 
-/// A patch to make: from `base` to `target`, both files at `location_id`
+/// A patch to make: from `base` to `target`, each file at its location
 /// (`None`: the registry's bucket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatchJob {
     pub id: i64,
     pub base: Hash,
     pub target: Hash,
-    pub location_id: Option<i64>,
-    /// Attempts so far, this one included.
+    pub base_location_id: Option<i64>,
+    pub target_location_id: Option<i64>,
+    /// Attempts so far, this one included: also the lease's token.
     pub attempts: i32,
+}
+
+/// A patch to queue: from `base` to `target`, each at its location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PatchPair {
+    pub base: Hash,
+    pub base_location_id: Option<i64>,
+    pub target: Hash,
+    pub target_location_id: Option<i64>,
 }
 
 /// A patch as offered: its object is `patches/<hash>` in the registry's
@@ -38,8 +48,8 @@ pub struct PatchRow {
 pub enum PatchOutcome {
     /// Made, checked and stored: offered from now on.
     Made { algorithm: String, hash: Hash, size: u64 },
-    /// Not worth offering (not clearly smaller than the file), or one of the
-    /// files is gone; never retried.
+    /// Not worth offering (not clearly smaller than the file, or the files
+    /// are too large to patch); never retried.
     Skipped(String),
     /// Failed this time; retried after `retry_in` unless attempts are spent.
     Failed { error: String, retry_in: Duration, give_up: bool },
@@ -52,32 +62,52 @@ fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
 }
 
 impl Meta {
-    /// Queues patches (each pair once, ever). Returns how many were new.
-    pub async fn enqueue_patches(&self, pairs: &[(Hash, Hash, Option<i64>)]) -> Result<u64, StoreError> {
+    /// Queues patches: each pair once, and again only after it failed for
+    /// good (a later deploy retries it). Returns how many were queued.
+    pub async fn enqueue_patches(&self, pairs: &[PatchPair]) -> Result<u64, StoreError> {
         if pairs.is_empty() {
             return Ok(0);
         }
+        // One row per pair in a statement (ON CONFLICT may touch a row once).
+        let mut seen = std::collections::HashSet::new();
+        let pairs: Vec<PatchPair> = pairs.iter().filter(|p| seen.insert((p.base, p.target))).copied().collect();
         let client = self.client().await?;
         let mut added = 0;
         for batch in pairs.chunks(5_000) {
-            let bases: Vec<&[u8]> = batch.iter().map(|(b, _, _)| b.as_bytes().as_slice()).collect();
-            let targets: Vec<&[u8]> = batch.iter().map(|(_, t, _)| t.as_bytes().as_slice()).collect();
-            let locations: Vec<Option<i64>> = batch.iter().map(|(_, _, l)| *l).collect();
+            let bases: Vec<&[u8]> = batch.iter().map(|p| p.base.as_bytes().as_slice()).collect();
+            let targets: Vec<&[u8]> = batch.iter().map(|p| p.target.as_bytes().as_slice()).collect();
+            let base_locations: Vec<Option<i64>> = batch.iter().map(|p| p.base_location_id).collect();
+            let target_locations: Vec<Option<i64>> = batch.iter().map(|p| p.target_location_id).collect();
             added += client
                 .execute(
-                    "INSERT INTO patch_jobs (base_hash, target_hash, location_id) \
-                     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT DO NOTHING",
-                    &[&bases, &targets, &locations],
+                    "INSERT INTO patch_jobs (base_hash, target_hash, base_location_id, target_location_id) \
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[]) \
+                     ON CONFLICT (base_hash, target_hash) DO UPDATE SET state = 'pending', attempts = 0, \
+                       not_before = now(), last_error = NULL, finished_at = NULL, \
+                       base_location_id = EXCLUDED.base_location_id, \
+                       target_location_id = EXCLUDED.target_location_id \
+                     WHERE patch_jobs.state = 'failed'",
+                    &[&bases, &targets, &base_locations, &target_locations],
                 )
                 .await?;
         }
         Ok(added)
     }
 
-    /// Takes the oldest job that is due, for `lease` (another replica may
-    /// take it again once the lease ends, should this one die).
-    pub async fn take_patch_job(&self, lease: Duration) -> Result<Option<PatchJob>, StoreError> {
+    /// Takes the oldest job that is due, for `lease` (renew it with
+    /// [`Meta::renew_patch_lease`] while working; once it ends another
+    /// replica may take the job). A job already tried `max_attempts` times
+    /// (its workers died, say) is given up instead.
+    pub async fn take_patch_job(&self, lease: Duration, max_attempts: i32) -> Result<Option<PatchJob>, StoreError> {
         let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE patch_jobs SET state = 'failed', finished_at = now(), \
+                 last_error = coalesce(last_error, 'its worker stopped before finishing, every attempt') \
+                 WHERE state = 'pending' AND not_before <= now() AND attempts >= $1",
+                &[&max_attempts],
+            )
+            .await?;
         let lease = lease.as_secs_f64();
         let row = client
             .query_opt(
@@ -85,7 +115,7 @@ impl Meta {
                  not_before = now() + make_interval(secs => $1::float8) \
                  WHERE id = (SELECT id FROM patch_jobs WHERE state = 'pending' AND not_before <= now() \
                              ORDER BY not_before, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, base_hash, target_hash, location_id, attempts",
+                 RETURNING id, base_hash, target_hash, base_location_id, target_location_id, attempts",
                 &[&lease],
             )
             .await?;
@@ -94,19 +124,36 @@ impl Meta {
                 id: r.get(0),
                 base: hash_of(r.get(1))?,
                 target: hash_of(r.get(2))?,
-                location_id: r.get(3),
-                attempts: r.get(4),
+                base_location_id: r.get(3),
+                target_location_id: r.get(4),
+                attempts: r.get(5),
             })
         })
         .transpose()
     }
 
+    /// Extends the lease on `job` by `lease` from now; false when it is no
+    /// longer this worker's (taken over after its lease ended, or finished).
+    pub async fn renew_patch_lease(&self, job: &PatchJob, lease: Duration) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE patch_jobs SET not_before = now() + make_interval(secs => $3::float8) \
+                 WHERE id = $1 AND attempts = $2 AND state = 'pending'",
+                &[&job.id, &job.attempts, &lease.as_secs_f64()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     /// Records how `job` ended; a made patch becomes offered in the same
-    /// transaction.
-    pub async fn finish_patch_job(&self, job: &PatchJob, outcome: &PatchOutcome) -> Result<(), StoreError> {
+    /// transaction (whoever holds the job: it was checked). The job's state
+    /// changes only if its lease is still this worker's; returns whether
+    /// it was.
+    pub async fn finish_patch_job(&self, job: &PatchJob, outcome: &PatchOutcome) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        match outcome {
+        let changed = match outcome {
             PatchOutcome::Made { algorithm, hash, size } => {
                 let size = i64::try_from(*size).map_err(|_| StoreError::Integrity("patch size overflows".into()))?;
                 tx.execute(
@@ -122,31 +169,36 @@ impl Meta {
                 )
                 .await?;
                 tx.execute(
-                    "UPDATE patch_jobs SET state = 'done', finished_at = now(), last_error = NULL WHERE id = $1",
+                    "UPDATE patch_jobs SET state = 'done', finished_at = now(), last_error = NULL \
+                     WHERE id = $1 AND state <> 'done'",
                     &[&job.id],
                 )
                 .await?;
+                tx.commit().await?;
+                return Ok(true);
             }
             PatchOutcome::Skipped(why) => {
                 tx.execute(
-                    "UPDATE patch_jobs SET state = 'skipped', finished_at = now(), last_error = $2 WHERE id = $1",
-                    &[&job.id, why],
+                    "UPDATE patch_jobs SET state = 'skipped', finished_at = now(), last_error = $3 \
+                     WHERE id = $1 AND attempts = $2 AND state = 'pending'",
+                    &[&job.id, &job.attempts, why],
                 )
-                .await?;
+                .await?
             }
             PatchOutcome::Failed { error, retry_in, give_up } => {
                 let (state, retry) = (if *give_up { "failed" } else { "pending" }, retry_in.as_secs_f64());
                 tx.execute(
-                    "UPDATE patch_jobs SET state = $2, last_error = $3, \
-                     not_before = now() + make_interval(secs => $4::float8), \
-                     finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1",
-                    &[&job.id, &state, error, &retry],
+                    "UPDATE patch_jobs SET state = $3, last_error = $4, \
+                     not_before = now() + make_interval(secs => $5::float8), \
+                     finished_at = CASE WHEN $3 = 'failed' THEN now() END \
+                     WHERE id = $1 AND attempts = $2 AND state = 'pending'",
+                    &[&job.id, &job.attempts, &state, error, &retry],
                 )
-                .await?;
+                .await?
             }
-        }
+        };
         tx.commit().await?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     /// The patches offered for these (base, target) pairs, and which pairs
@@ -189,27 +241,33 @@ impl Meta {
     /// The releases of `app_id` clients are likely to move from (or back
     /// to) when `target` is deployed: the `count` most recently deployed
     /// and the `count` most recently published, `target` excepted; each as
-    /// (tenant, manifest id), without repeats.
+    /// (tenant, manifest id, location), without repeats.
     pub async fn patch_bases(
         &self,
         app_id: i64,
         target: ManifestId,
         count: usize,
-    ) -> Result<Vec<(i64, ManifestId)>, StoreError> {
+    ) -> Result<Vec<(i64, ManifestId, Option<i64>)>, StoreError> {
         let client = self.client().await?;
         let count = count as i64;
         let rows = client
             .query(
-                "SELECT tenant_id, manifest_id FROM (                    (SELECT r.tenant_id, r.manifest_id, 0 AS kind, max(d.id) AS seq FROM deployments d                     JOIN releases r ON r.id = d.release_id WHERE d.app_id = $1 AND r.manifest_id <> $2                     GROUP BY r.id ORDER BY seq DESC LIMIT $3)                    UNION ALL                    (SELECT tenant_id, manifest_id, 1, id FROM releases WHERE app_id = $1 AND manifest_id <> $2                     ORDER BY id DESC LIMIT $3)) b ORDER BY kind, seq DESC",
+                "SELECT tenant_id, manifest_id, location_id FROM ( \
+                   (SELECT r.tenant_id, r.manifest_id, r.location_id, 0 AS kind, max(d.id) AS seq \
+                    FROM deployments d JOIN releases r ON r.id = d.release_id \
+                    WHERE d.app_id = $1 AND r.manifest_id <> $2 GROUP BY r.id ORDER BY seq DESC LIMIT $3) \
+                   UNION ALL \
+                   (SELECT tenant_id, manifest_id, location_id, 1, id FROM releases \
+                    WHERE app_id = $1 AND manifest_id <> $2 ORDER BY id DESC LIMIT $3)) b ORDER BY kind, seq DESC",
                 &[&app_id, &target.0.as_slice(), &count],
             )
             .await?;
-        let mut out: Vec<(i64, ManifestId)> = Vec::new();
+        let mut out: Vec<(i64, ManifestId, Option<i64>)> = Vec::new();
         for row in rows {
             let id = ManifestId::from_slice(row.get(1))
                 .ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))?;
-            if !out.iter().any(|(_, seen)| *seen == id) {
-                out.push((row.get(0), id));
+            if !out.iter().any(|(_, seen, _)| *seen == id) {
+                out.push((row.get(0), id, row.get(2)));
             }
         }
         Ok(out)

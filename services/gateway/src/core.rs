@@ -535,8 +535,12 @@ impl Gateway {
         let bases: Vec<Option<Hash>> = wanted
             .iter()
             .map(|(artifact, file)| {
-                let before =
-                    previous.as_ref()?.artifacts.iter().find(|a| a.name == artifact.name && a.kind == artifact.kind)?;
+                // Of the artifacts the client holds: its platform's.
+                let before = previous
+                    .as_ref()?
+                    .artifacts
+                    .iter()
+                    .find(|a| a.name == artifact.name && a.kind == artifact.kind && for_platform(a))?;
                 let single = artifact.kind == ArtifactKind::File;
                 let base = ferry_patch::counterpart(single, &file.path, &before.files, |f| f.path.as_str())?;
                 (base.hash != file.hash).then_some(base.hash)

@@ -7,16 +7,20 @@
 //! with a counterpart there (`ferry_patch::counterpart`) that differs gets a
 //! patch from the base's file, and one back (a rollback is as legitimate as
 //! an upgrade). The jobs go to a queue in PostgreSQL (`patch_jobs`), taken
-//! under leases by any replica's workers: a job whose worker died is taken
-//! again once its lease ends. A patch is offered (a `patches` row) only
+//! under leases by any replica's workers, which renew them while they work:
+//! a job whose worker died is taken again once its lease ends (a minute),
+//! and given up after `max_attempts`; a worker whose lease was taken over
+//! cannot change the job's state. A patch is offered (a `patches` row) only
 //! after applying it to its base rebuilt the target's BLAKE3, and only when
 //! it is clearly smaller than the file.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::collections::HashSet;
+
 use ferry_release::{ArtifactKind, Hash, Manifest, ManifestId};
-use ferry_store::{PatchJob, PatchOutcome};
+use ferry_store::{PatchJob, PatchOutcome, PatchPair};
 use tracing::{info, warn};
 
 use crate::service::Registry;
@@ -29,7 +33,8 @@ pub struct PatchSettings {
     /// How many recently deployed, and how many recently published,
     /// releases each deploy makes patches from (and back to).
     pub bases: usize,
-    /// How long a job is this worker's before another may take it.
+    /// How long a job stays this worker's without a renewal (renewed every
+    /// third of it while the worker works).
     pub lease: Duration,
     /// How often an idle worker looks for work.
     pub poll: Duration,
@@ -43,8 +48,9 @@ impl Default for PatchSettings {
     }
 }
 
-/// Queues the patches clients need to move to `target` (just deployed in
-/// `app_id`) and back. Returns how many jobs were new.
+/// Queues the patches clients need to move to `target` (about to be
+/// deployed in `app_id`, its files at `location_id`) and back. Returns how
+/// many jobs were queued.
 pub async fn plan(
     registry: &Registry,
     tenant_id: i64,
@@ -61,20 +67,33 @@ pub async fn plan(
     };
     let to = load(tenant_id, target).await?;
     let mut pairs = Vec::new();
-    for (base_tenant, base) in meta.patch_bases(app_id, target, bases).await? {
+    for (base_tenant, base, base_location) in meta.patch_bases(app_id, target, bases).await? {
         let from = load(base_tenant, base).await?;
         for (old, new) in pairs_between(&from, &to) {
-            pairs.push((old, new, location_id));
-            pairs.push((new, old, location_id));
+            pairs.push(PatchPair {
+                base: old,
+                base_location_id: base_location,
+                target: new,
+                target_location_id: location_id,
+            });
+            pairs.push(PatchPair {
+                base: new,
+                base_location_id: location_id,
+                target: old,
+                target_location_id: base_location,
+            });
         }
     }
     Ok(meta.enqueue_patches(&pairs).await?)
 }
 
 /// The (base file, target file) pairs worth a patch between two releases:
-/// counterparts that differ, both at least `ferry_patch::MIN_FILE_BYTES`.
+/// counterparts that differ, both between `ferry_patch::MIN_FILE_BYTES` and
+/// `ferry_patch::MAX_FILE_BYTES`.
 fn pairs_between(from: &Manifest, to: &Manifest) -> Vec<(Hash, Hash)> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let patchable = |size: u64| (ferry_patch::MIN_FILE_BYTES..=ferry_patch::MAX_FILE_BYTES).contains(&size);
     for artifact in &to.artifacts {
         let Some(before) = from.artifacts.iter().find(|a| a.name == artifact.name && a.kind == artifact.kind) else {
             continue;
@@ -85,8 +104,11 @@ fn pairs_between(from: &Manifest, to: &Manifest) -> Vec<(Hash, Hash)> {
             else {
                 continue;
             };
-            let big_enough = old.size >= ferry_patch::MIN_FILE_BYTES && file.size >= ferry_patch::MIN_FILE_BYTES;
-            if old.hash != file.hash && big_enough && !out.contains(&(old.hash, file.hash)) {
+            if old.hash != file.hash
+                && patchable(old.size)
+                && patchable(file.size)
+                && seen.insert((old.hash, file.hash))
+            {
                 out.push((old.hash, file.hash));
             }
         }
@@ -113,10 +135,31 @@ pub fn start(registry: Registry, settings: PatchSettings) -> Vec<tokio::task::Jo
         .collect()
 }
 
-/// Takes one due job and works it; `false` when there was none.
+/// Takes one due job and works it (renewing its lease meanwhile); `false`
+/// when there was none.
 pub async fn work_once(registry: &Registry, settings: &PatchSettings) -> anyhow::Result<bool> {
-    let Some(job) = registry.meta().take_patch_job(settings.lease).await? else { return Ok(false) };
-    let outcome = match make(registry, &job).await {
+    let meta = registry.meta();
+    let Some(job) = meta.take_patch_job(settings.lease, settings.max_attempts).await? else { return Ok(false) };
+    let renewing = {
+        let (meta, job, lease) = (meta.clone(), job.clone(), settings.lease);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match meta.renew_patch_lease(&job, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return warn!(job = job.id, "the patch job's lease was lost; another worker took it"),
+                    Err(e) => {
+                        warn!(job = job.id, error = %ferry_proto::error_chain(&e), "renewing a patch job's lease failed")
+                    }
+                }
+            }
+        })
+    };
+    let made = make(registry, &job).await;
+    renewing.abort();
+    let outcome = match made {
         Ok(outcome) => outcome,
         Err(e) => {
             let give_up = job.attempts >= settings.max_attempts;
@@ -133,31 +176,43 @@ pub async fn work_once(registry: &Registry, settings: &PatchSettings) -> anyhow:
             warn!(base = %job.base, target = %job.target, error, give_up, "making a patch failed")
         }
     }
-    registry.meta().finish_patch_job(&job, &outcome).await?;
+    if !meta.finish_patch_job(&job, &outcome).await? {
+        warn!(job = job.id, "another worker holds the patch job now; its outcome stands");
+    }
     Ok(true)
 }
 
 /// Makes, checks and stores one patch.
 async fn make(registry: &Registry, job: &PatchJob) -> anyhow::Result<PatchOutcome> {
-    let location = match job.location_id {
-        Some(id) => Some(registry.meta().location(id).await?.ok_or_else(|| anyhow::anyhow!("location {id} is gone"))?),
-        None => None,
+    let at = |location_id: Option<i64>| async move {
+        let location = match location_id {
+            Some(id) => {
+                Some(registry.meta().location(id).await?.ok_or_else(|| anyhow::anyhow!("location {id} is gone"))?)
+            }
+            None => None,
+        };
+        Ok::<_, anyhow::Error>(registry.blobs().at(location.as_ref()))
     };
-    let blobs = registry.blobs().at(location.as_ref());
-    let (base, target) = tokio::try_join!(blobs.get_file(&job.base), blobs.get_file(&job.target))?;
-    let (target_hash, target_len) = (job.target, target.len() as u64);
-    if blake3::hash(&base) != job.base || blake3::hash(&target) != target_hash {
-        anyhow::bail!("a stored file does not hash to its name");
-    }
-    let patch = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ferry_patch::PatchError> {
-        let patch = ferry_patch::make(&base, &target)?;
+    let (base_at, target_at) = (at(job.base_location_id).await?, at(job.target_location_id).await?);
+    let (base, target) = tokio::try_join!(base_at.get_file(&job.base), target_at.get_file(&job.target))?;
+    let (base_hash, target_hash, target_len) = (job.base, job.target, target.len() as u64);
+    // CPU-bound (hashing, level 19, checking): off the async threads.
+    let made = tokio::task::spawn_blocking(move || -> anyhow::Result<Result<Vec<u8>, ferry_patch::PatchError>> {
+        if blake3::hash(&base) != base_hash || blake3::hash(&target) != target_hash {
+            anyhow::bail!("a stored file does not hash to its name");
+        }
+        let patch = match ferry_patch::make(&base, &target) {
+            Ok(patch) => patch,
+            Err(e) => return Ok(Err(e)),
+        };
+        drop(target);
         // Offered only once it is known to work: applied to its base, it
-        // must rebuild exactly the target.
-        ferry_patch::apply_to_vec(&base, &patch, &target_hash, target_len)?;
-        Ok(patch)
+        // must rebuild exactly the target (checked as it streams by).
+        ferry_patch::apply(&base, patch.as_slice(), &mut std::io::sink(), &target_hash, target_len)?;
+        Ok(Ok(patch))
     })
-    .await?;
-    let patch = match patch {
+    .await??;
+    let patch = match made {
         Ok(patch) => patch,
         Err(ferry_patch::PatchError::TooLarge) => return Ok(PatchOutcome::Skipped("files too large to patch".into())),
         Err(e) => return Err(e.into()),

@@ -375,10 +375,12 @@ impl Registry {
             compatible: compatible.as_deref(),
             location_id: location.as_ref().map(|l| l.id),
         };
-        let outcome = self.meta.commit_release(auth.tenant_id, app_id, &manifest.version, id, options).await?;
-        if outcome.deployed {
+        if req.deploy {
+            // Before the deploy is visible: a client told of it at once
+            // finds the patches queued (and its answer rechecked soon).
             self.plan_patches(auth.tenant_id, app_id, id, location.as_ref().map(|l| l.id)).await;
         }
+        let outcome = self.meta.commit_release(auth.tenant_id, app_id, &manifest.version, id, options).await?;
         info!(%version, manifest = %id, created = outcome.created, deployed = outcome.deployed, "release committed");
         Ok(pb::CommitReleaseResponse { version, created: outcome.created, deployed: outcome.deployed })
     }
@@ -452,7 +454,7 @@ impl Registry {
         }
     }
 
-    /// Queues the patches clients need to move to a release just deployed.
+    /// Queues the patches clients need to move to a release being deployed.
     /// A failure is logged, never the deploy's: clients then download whole
     /// files, as without patches.
     async fn plan_patches(&self, tenant_id: i64, app_id: i64, target: ManifestId, location_id: Option<i64>) {
@@ -469,10 +471,11 @@ impl Registry {
         let version =
             parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
         let compatible = parse_compatible(&req.compatible)?;
-        let outcome = self.meta.deploy(app_id, &version, compatible.as_deref()).await?;
+        // Before the deploy is visible (see commit).
         if let Some((tenant_id, manifest, location_id)) = self.meta.release_at(app_id, &version).await? {
             self.plan_patches(tenant_id, app_id, manifest, location_id).await;
         }
+        let outcome = self.meta.deploy(app_id, &version, compatible.as_deref()).await?;
         info!(%version, previous = ?outcome.previous, "deployed");
         Ok(pb::DeployResponse { version, previous_version: outcome.previous.unwrap_or_default() })
     }

@@ -182,8 +182,12 @@ async fn large(quick: bool) -> anyhow::Result<Large> {
             "SELECT p.size FROM patches p JOIN patch_jobs j USING (base_hash, target_hash) ORDER BY j.id LIMIT 1",
             &[],
         )
-        .await?
-        .context("the first job made no patch")?;
+        .await?;
+    let Some(up) = up else {
+        let row = client.query_one("SELECT state, last_error FROM patch_jobs ORDER BY id LIMIT 1", &[]).await?;
+        let (state, error): (String, Option<String>) = (row.get(0), row.get(1));
+        anyhow::bail!("the first patch job made no patch: {state}: {}", error.unwrap_or_default());
+    };
     let both = stack.make_patches().await + 1;
     anyhow::ensure!(both == 2, "expected 2 patch jobs, worked {both}");
     Ok(Large { bytes, seconds, patch_up: up.get::<_, i64>(0) as u64 })
