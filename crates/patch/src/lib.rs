@@ -108,6 +108,11 @@ pub fn make(base: &[u8], target: &[u8]) -> Result<Vec<u8>, PatchError> {
     let mut encoder = zstd::stream::write::Encoder::with_ref_prefix(&mut out, LEVEL, base).map_err(PatchError::Zstd)?;
     encoder.window_log(window_log(base.len(), target.len())).map_err(PatchError::Zstd)?;
     encoder.long_distance_matching(true).map_err(PatchError::Zstd)?;
+    // zstd's multi-threaded path (one worker) runs the long-distance
+    // matcher over the whole reference; the single-threaded one indexes
+    // only its last 2^25 bytes at level 19, and a 100 MB file's patch came
+    // out the size of the file. (It is also what `zstd --patch-from` does.)
+    encoder.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(1)).map_err(PatchError::Zstd)?;
     encoder.include_checksum(true).map_err(PatchError::Zstd)?;
     encoder.set_pledged_src_size(Some(target.len() as u64)).map_err(PatchError::Zstd)?;
     encoder.write_all(target).map_err(PatchError::Zstd)?;
@@ -189,6 +194,17 @@ mod tests {
             let hash = blake3::hash(target);
             assert_eq!(&apply_to_vec(base, &patch, &hash, target.len() as u64).unwrap(), target);
         }
+    }
+
+    /// Larger than what level 19's own tables index of a reference (32
+    /// MiB): the long-distance matcher must find the rest.
+    #[test]
+    fn a_reference_larger_than_the_match_tables_is_still_used() {
+        let v1 = noise(48 << 20, 10);
+        let v2 = edited(&v1, 11, 6);
+        let patch = make(&v1, &v2).unwrap();
+        assert!(patch.len() < 100_000, "{} bytes for 6 KiB of edits in 48 MiB", patch.len());
+        assert!(apply_to_vec(&v1, &patch, &blake3::hash(&v2), v2.len() as u64).is_ok());
     }
 
     #[test]
