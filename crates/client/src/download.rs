@@ -76,7 +76,7 @@ pub(crate) async fn fetch(
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = request.send().await.map_err(|e| FetchError::Failed(crate::error_chain(&e)))?;
+        let response = request.send().await.map_err(|e| FetchError::Failed(crate::transfer_error(e)))?;
         let status = response.status().as_u16();
         let resumed = match status {
             206 if have > 0 => {
@@ -116,7 +116,7 @@ pub(crate) async fn fetch(
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    cut = Some(crate::error_chain(&e));
+                    cut = Some(crate::transfer_error(e));
                     break;
                 }
             };

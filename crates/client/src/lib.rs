@@ -179,6 +179,12 @@ impl Error {
 }
 
 /// An error and its causes, `: `-separated (reqwest hides the cause).
+/// A failed download as one line, without its URL: a presigned URL is a
+/// credential for as long as it lives, and these lines are logged.
+fn transfer_error(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -188,4 +194,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// A refused download's message (logged as it is retried) keeps the
+    /// presigned URL's signature out.
+    #[tokio::test]
+    async fn download_errors_carry_no_url() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let url = format!("http://127.0.0.1:{port}/files/x?X-Amz-Signature=0123secret");
+        let client = super::Client::new(super::Config::new(format!("http://127.0.0.1:{port}"), "k", "acme", "crm"))
+            .expect("a client");
+        let err = client.http.get(&url).send().await.unwrap_err();
+        assert!(super::error_chain(&err).contains("0123secret"), "the URL is in reqwest's own message");
+        let line = super::transfer_error(err);
+        assert!(!line.contains("0123secret") && !line.contains("X-Amz"), "{line}");
+    }
 }

@@ -393,13 +393,13 @@ impl Client {
             return Err(format!("a patch of {} bytes for a file of {}", offer.size, record.size));
         }
         let expected = blake3::Hash::from_hex(&record.blake3).map_err(|e| e.to_string())?;
-        let mut response = self.http.get(&offer.url).send().await.map_err(|e| e.to_string())?;
+        let mut response = self.http.get(&offer.url).send().await.map_err(crate::transfer_error)?;
         if !response.status().is_success() {
             return Err(format!("the patch URL answered {}", response.status()));
         }
         // Grown as bytes arrive: the announced size is the gateway's word.
         let mut patch = Vec::with_capacity(offer.size.min(1 << 20) as usize);
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = response.chunk().await.map_err(crate::transfer_error)? {
             received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if (patch.len() + chunk.len()) as u64 > offer.size {
                 return Err("the patch is longer than announced".into());
