@@ -80,19 +80,20 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
             }
         };
         let v1 = publish("1.0.0", &pair.v1).await.context("publishing version 1")?;
+        let mut applied = gw.gateway.applied();
         let v2 = publish("2.0.0", &pair.v2).await.context("publishing version 2")?;
         let started = Instant::now();
         stack.make_patches().await;
         let make_seconds = started.elapsed().as_secs_f64();
-        let (whole_up, patched_up) = phone_bytes(&gw.http, &key, &tenant, "1.0.0", &v1.manifest_id, "2.0.0").await?;
+        let (whole_up, patched_up) =
+            phone_bytes(&gw.http, &key, &tenant, ("1.0.0", &v1.manifest_id), "2.0.0", &mut applied).await?;
         let (tenant_name, app) =
             (ferry_release::Name::parse("tenant", &tenant)?, ferry_release::Name::parse("app", "crm")?);
         let mut applied = gw.gateway.applied();
         ferry_agent::deploy(&conn, &tenant_name, &app, &"1.0.0".parse()?).await?;
         stack.make_patches().await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), applied.recv()).await;
         let (whole_down, patched_down) =
-            phone_bytes(&gw.http, &key, &tenant, "2.0.0", &v2.manifest_id, "1.0.0").await?;
+            phone_bytes(&gw.http, &key, &tenant, ("2.0.0", &v2.manifest_id), "1.0.0", &mut applied).await?;
         let (a, b) = (pair.v1.clone(), pair.v2.clone());
         let (floor_up, floor_down) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
             Ok((super::transfer::zstd_patch_size(&a, &b)?, super::transfer::zstd_patch_size(&b, &a)?))
@@ -113,18 +114,20 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
     Ok(Figures { pairs: out, large: large(quick).await?, zstd_version: crate::procs::version("zstd", "--version") })
 }
 
-/// Asks as a phone running `current` and holding `have`, until the gateway
-/// answers with `target`; returns (bytes of the files listed, bytes it
-/// downloads taking every patch offered).
+/// Asks as a phone running `current.0` and holding release `current.1`,
+/// until the gateway answers with `target` (it learns of a deploy from a
+/// database notice: each miss waits for the next change it applies);
+/// returns (bytes of the files listed, bytes it downloads taking every
+/// patch offered).
 async fn phone_bytes(
     gateway: &str,
     key: &str,
     tenant: &str,
-    current: &str,
-    have: &str,
+    (current, have): (&str, &str),
     target: &str,
+    applied: &mut tokio::sync::broadcast::Receiver<ferry_store::Change>,
 ) -> anyhow::Result<(u64, u64)> {
-    for _ in 0..300 {
+    loop {
         let answer: Value = ferry_testkit::http()
             .get(format!("{gateway}/v1/check"))
             .query(&[("tenant", tenant), ("app", "crm"), ("version", current), ("have", have)])
@@ -134,19 +137,18 @@ async fn phone_bytes(
             .error_for_status()?
             .json()
             .await?;
-        if answer["target"] != target {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            continue;
+        if answer["target"] == target {
+            let files = answer["artifacts"].as_array().context("no artifacts in the answer")?;
+            let size = |f: &Value| f["size"].as_u64().unwrap_or(0);
+            let whole: u64 = files.iter().map(size).sum();
+            let patched: u64 =
+                files.iter().map(|f| f.get("patch").and_then(|p| p["size"].as_u64()).unwrap_or(size(f))).sum();
+            return Ok((whole, patched));
         }
-        let files = answer["artifacts"].as_array().context("no artifacts in the answer")?;
-        let whole: u64 = files.iter().map(|f| f["size"].as_u64().unwrap_or(0)).sum();
-        let patched: u64 = files
-            .iter()
-            .map(|f| f.get("patch").and_then(|p| p["size"].as_u64()).unwrap_or(f["size"].as_u64().unwrap_or(0)))
-            .sum();
-        return Ok((whole, patched));
+        tokio::time::timeout(std::time::Duration::from_secs(30), applied.recv())
+            .await
+            .with_context(|| format!("the gateway never answered with {target}"))??;
     }
-    anyhow::bail!("the gateway never answered with {target}")
 }
 
 /// A 100 MB artifact (quick: 8 MB) with scattered edits: seconds from its
