@@ -175,8 +175,7 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
                 format!("new releases of tenant {tenant} go to the registry's bucket")
             } else {
                 let bucket = bucket.expect("clap requires --bucket without --clear");
-                ferry_store::validate_location(&bucket, &prefix, public_endpoint.as_deref())
-                    .map_err(anyhow::Error::msg)?;
+                // Validated there, naming the flag at fault.
                 let at = meta.set_location(&tenant, &bucket, &prefix, public_endpoint.as_deref()).await?;
                 format!(
                     "new releases of tenant {tenant} go to s3://{}/{}files/, linked through {}; releases already \
