@@ -145,6 +145,14 @@ impl ServeConfig {
         if self.alert_digest_seconds == 0 {
             anyhow::bail!("FERRY_ALERT_DIGEST_SECONDS must be at least 1");
         }
+        // Each worker holds two files and zstd's tables in memory; each base
+        // costs a job per changed file at every deploy.
+        if self.patch_workers > 64 {
+            anyhow::bail!("FERRY_PATCH_WORKERS must be at most 64, got {}", self.patch_workers);
+        }
+        if self.patch_bases > 50 {
+            anyhow::bail!("FERRY_PATCH_BASES must be at most 50, got {}", self.patch_bases);
+        }
         if self.report_retention_days == 0 {
             anyhow::bail!("FERRY_REPORT_RETENTION_DAYS must be at least 1");
         }
