@@ -478,15 +478,15 @@ impl Meta {
 
     /// Which of `hashes` this tenant already holds.
     pub async fn tenant_chunks(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
-        self.hashes_present("tenant_chunks", Some(tenant_id), hashes).await
+        self.hashes_present("tenant_chunks", Some(&[tenant_id]), hashes).await
     }
 
-    /// Which of `hashes` are rows of `table` (for `tenant_id`, if given).
-    /// `table` is one of this module's constants, never input.
-    async fn hashes_present(
+    /// Which of `hashes` are rows of `table` (of any of `tenants`, if
+    /// given). `table` is one of this crate's constants, never input.
+    pub(crate) async fn hashes_present(
         &self,
         table: &'static str,
-        tenant_id: Option<i64>,
+        tenants: Option<&[i64]>,
         hashes: &[Hash],
     ) -> Result<HashSet<Hash>, StoreError> {
         let client = self.client().await?;
@@ -494,10 +494,10 @@ impl Meta {
         // Batches keep each statement's parameter small on huge manifests.
         for batch in hashes.chunks(10_000) {
             let keys: Vec<&[u8]> = batch.iter().map(|h| h.as_bytes().as_slice()).collect();
-            let rows = match tenant_id {
-                Some(tenant_id) => {
-                    let sql = format!("SELECT hash FROM {table} WHERE tenant_id = $1 AND hash = ANY($2)");
-                    client.query(&sql, &[&tenant_id, &keys]).await?
+            let rows = match tenants {
+                Some(tenants) => {
+                    let sql = format!("SELECT hash FROM {table} WHERE tenant_id = ANY($1) AND hash = ANY($2)");
+                    client.query(&sql, &[&tenants, &keys]).await?
                 }
                 None => client.query(&format!("SELECT hash FROM {table} WHERE hash = ANY($1)"), &[&keys]).await?,
             };
@@ -533,7 +533,7 @@ impl Meta {
 
     /// Which of `hashes` this tenant has proved it can rebuild.
     pub async fn tenant_files(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
-        self.hashes_present("tenant_files", Some(tenant_id), hashes).await
+        self.hashes_present("tenant_files", Some(&[tenant_id]), hashes).await
     }
 
     /// Records that a whole file is assembled in S3 and that the tenant's

@@ -137,20 +137,6 @@ impl Meta {
     /// Which of `hashes` any tenant of `scope` proved it can rebuild in the
     /// registry's bucket.
     pub async fn scope_files(&self, scope: &[i64], hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
-        let client = self.client().await?;
-        let mut present = HashSet::new();
-        for batch in hashes.chunks(10_000) {
-            let keys: Vec<&[u8]> = batch.iter().map(|h| h.as_bytes().as_slice()).collect();
-            let rows = client
-                .query(
-                    "SELECT DISTINCT hash FROM tenant_files WHERE tenant_id = ANY($1) AND hash = ANY($2)",
-                    &[&scope, &keys],
-                )
-                .await?;
-            present.extend(
-                rows.iter().filter_map(|r| <[u8; 32]>::try_from(r.get::<_, &[u8]>(0)).ok()).map(Hash::from_bytes),
-            );
-        }
-        Ok(present)
+        self.hashes_present("tenant_files", Some(scope), hashes).await
     }
 }
