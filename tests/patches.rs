@@ -97,7 +97,9 @@ async fn patches_are_made_offered_and_applied_in_both_directions() {
     let v1 = Release::new(1_000_000, 7);
     let v2 = edited(&v1);
     env.deploy("1.0.0", Some(&v1)).await;
-    assert_eq!(env.stack.make_patches().await, 0, "nothing to patch from");
+    // Nothing to patch from; the two scripts are tried compressed (noise:
+    // not worth it, skipped).
+    assert_eq!(env.stack.make_patches().await, 2);
 
     // A phone on 1.0.0 (and one that will start on 2.0.0).
     let (phone, cache_dir) = (env.client("phone-1"), tempfile::tempdir().unwrap());
@@ -105,12 +107,13 @@ async fn patches_are_made_offered_and_applied_in_both_directions() {
     phone.sync(&cache).await.unwrap();
     let v1_id = cache.current().unwrap().unwrap().manifest_id;
 
-    // Deploying 2.0.0 queues the APK and app.js, both ways; the small API
-    // file (under 4 KiB) and the unchanged files get none.
+    // Deploying 2.0.0 queues the APK and app.js, both ways (and the new
+    // app.js compressed); the small API file (under 4 KiB) and the
+    // unchanged files get none.
     env.deploy("2.0.0", Some(&v2)).await;
-    assert_eq!(env.stack.make_patches().await, 4);
+    assert_eq!(env.stack.make_patches().await, 5);
     let counts = env.stack.meta.patch_job_counts().await.unwrap();
-    assert_eq!(counts.get("done"), Some(&4), "{counts:?}");
+    assert_eq!((counts.get("done"), counts.get("skipped")), (Some(&4), Some(&3)), "{counts:?}");
 
     // The gateway offers them beside the whole files.
     let answer: Value = ferry_testkit::http()
@@ -178,6 +181,90 @@ async fn patches_are_made_offered_and_applied_in_both_directions() {
     let current = other_cache.current().unwrap().unwrap();
     assert_eq!(current.version, "1.0.0");
     other_cache.verify(&current.manifest_id).unwrap();
+}
+
+/// An API description of `entries` operations: text that compresses well.
+fn api_description(entries: usize, revision: usize) -> Vec<u8> {
+    let mut out = String::from("{\"openapi\":\"3.1.0\",\"paths\":{");
+    for i in 0..entries {
+        out.push_str(&format!(
+            "\"/v{revision}/items/{i}\":{{\"get\":{{\"operationId\":\"getItem{i}\",\"summary\":\"Item {i} of the catalogue\",\
+             \"responses\":{{\"200\":{{\"description\":\"the item, revision {}\"}}}}}}}},",
+            i % 7
+        ));
+    }
+    out.push_str("\"/\":{}}}");
+    out.into_bytes()
+}
+
+/// Text-like files are stored compressed and offered beside the whole
+/// file to every client; a phone downloads the compressed bytes, and a
+/// damaged copy costs only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_files_are_offered_compressed() {
+    let env = env().await;
+    let v1 = Release::new(100_000, 21);
+    let api = api_description(3_000, 1);
+    std::fs::write(&v1.api, &api).unwrap();
+    env.deploy("1.0.0", Some(&v1)).await;
+    // openapi.json, app.js and vendor.js are text by name; only the API
+    // description shrinks (the scripts are noise here). The list the
+    // gateway built while they were queued is built again on the notice.
+    let mut applied = env.gw.gateway.applied();
+    assert_eq!(env.stack.make_patches().await, 3);
+    let notice = async { while applied.recv().await.unwrap() != ferry_store::Change::Patches {} };
+    tokio::time::timeout(std::time::Duration::from_secs(30), notice).await.expect("the gateway hears of the patch");
+    let counts = env.stack.meta.patch_job_counts().await.unwrap();
+    assert_eq!((counts.get("done"), counts.get("skipped")), (Some(&1), Some(&2)), "{counts:?}");
+
+    let answer: Value = ferry_testkit::http()
+        .get(format!("{}/v1/check", env.gw.http))
+        .query(&[("tenant", "acme"), ("app", "crm"), ("version", "0.1.0")])
+        .bearer_auth(&env.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let files = answer["artifacts"].as_array().unwrap();
+    let offered: Vec<&Value> = files.iter().filter(|f| f.get("compressed").is_some()).collect();
+    assert_eq!(offered.len(), 1, "{answer}");
+    let (file, offer) = (offered[0], &offered[0]["compressed"]);
+    assert_eq!((file["kind"].as_str(), file["path"].as_str()), (Some("api"), Some("openapi.json")));
+    assert_eq!(file["blake3"].as_str().unwrap(), blake3::hash(&api).to_hex().as_str(), "the file's own hash");
+    assert_eq!(offer["encoding"], "zstd");
+    let body = ferry_testkit::http().get(offer["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(body.len() as u64, offer["size"].as_u64().unwrap());
+    assert_eq!(blake3::hash(&body).to_hex().as_str(), offer["blake3"].as_str().unwrap());
+    assert!(body.len() * 5 < api.len(), "{} compressed bytes for {}", body.len(), api.len());
+    // Any zstd decoder reads it, without a dictionary.
+    assert!(zstd::stream::decode_all(body.as_ref()).unwrap() == api);
+
+    // A new phone downloads the API description compressed, the rest whole.
+    let whole = |r: &Release| -> u64 {
+        [r.apk.clone(), r.web.join("index.html"), r.web.join("assets/app.js"), r.web.join("assets/vendor.js")]
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let (phone, dir) = (env.client("phone-1"), tempfile::tempdir().unwrap());
+    let cache = Cache::open(dir.path()).unwrap();
+    let synced = phone.sync(&cache).await.unwrap();
+    assert_eq!((synced.compressed_files, synced.patched_files, synced.downloaded_files), (1, 0, 5));
+    assert_eq!(synced.downloaded_bytes, whole(&v1) + body.len() as u64);
+    let current = cache.current().unwrap().unwrap();
+    cache.verify(&current.manifest_id).unwrap();
+
+    // A damaged compressed copy: the phone falls back to the whole file.
+    let stored = Hash::from_hex(offer["blake3"].as_str().unwrap()).unwrap();
+    env.stack.blobs.put_patch(&stored, Bytes::from(noise(body.len(), 5))).await.unwrap();
+    let (other, other_dir) = (env.client("phone-2"), tempfile::tempdir().unwrap());
+    let other_cache = Cache::open(other_dir.path()).unwrap();
+    let synced = other.sync(&other_cache).await.unwrap();
+    assert_eq!((synced.compressed_files, synced.downloaded_files), (0, 5));
+    assert_eq!(synced.downloaded_bytes, whole(&v1) + body.len() as u64 + api.len() as u64);
+    other_cache.verify(&other_cache.current().unwrap().unwrap().manifest_id).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

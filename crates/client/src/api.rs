@@ -56,6 +56,20 @@ pub struct ArtifactFile {
     /// A binary patch from a file the client holds (with `have`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch: Option<PatchOffer>,
+    /// The same file compressed (text-like files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<CompressedOffer>,
+}
+
+/// A file offered compressed: `encoding` `zstd` is one zstd frame holding
+/// the file (a patch from the empty file, for `ferry_patch`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompressedOffer {
+    pub encoding: String,
+    pub size: u64,
+    pub blake3: String,
+    pub url: String,
+    pub expires_at: String,
 }
 
 /// A binary patch offered for a file (see `ferry_patch` for the format).
@@ -178,6 +192,11 @@ impl Answer {
                     || !(p.url.starts_with("https://") || p.url.starts_with("http://")))
             {
                 return bad(format!("{}/{}: its patch has a malformed hash or URL", f.kind, f.path));
+            }
+            if let Some(c) = &f.compressed
+                && (!is_hex_id(&c.blake3) || !(c.url.starts_with("https://") || c.url.starts_with("http://")))
+            {
+                return bad(format!("{}/{}: its compressed copy has a malformed hash or URL", f.kind, f.path));
             }
             if !seen.insert((f.kind.as_str(), f.path.as_str())) {
                 return bad(format!("{}/{} is listed twice", f.kind, f.path));
@@ -353,6 +372,7 @@ mod tests {
                 url: "https://s3.example/x".into(),
                 expires_at: "2026-11-22T10:15:00Z".into(),
                 patch: None,
+                compressed: None,
             }],
             deleted: vec![],
             delta: false,

@@ -268,12 +268,13 @@ fn describe(answer: &Answer) -> String {
 fn describe_sync(s: &Synced) -> String {
     let mut out = if s.switched {
         format!(
-            "switched to {}{}: {} files downloaded ({} bytes; {} by patch), {} reused{}",
+            "switched to {}{}: {} files downloaded ({} bytes; {} by patch, {} compressed), {} reused{}",
             s.version,
             if s.required { " (required)" } else { "" },
             s.downloaded_files,
             s.downloaded_bytes,
             s.patched_files,
+            s.compressed_files,
             s.reused_files,
             if s.reported { "" } else { "; the report is kept for the next sync" },
         )

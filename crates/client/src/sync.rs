@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::api::{Action, Answer, ArtifactFile, LastFailure, Outcome, PatchOffer, Report};
+use crate::api::{Action, Answer, ArtifactFile, LastFailure, Outcome, Report};
 use crate::cache::{Cache, CacheError, Current, FileRecord, ReleaseRecord, hash_file, io};
 use crate::download::{FetchError, fetch};
 use crate::{Client, Error};
@@ -44,6 +44,9 @@ pub struct Synced {
     /// (counted in `downloaded_files`; `downloaded_bytes` counts the
     /// patches' bytes).
     pub patched_files: usize,
+    /// Files downloaded compressed and decompressed here (counted in
+    /// `downloaded_files`; `downloaded_bytes` counts the compressed bytes).
+    pub compressed_files: usize,
     /// Whether the gateway has the outcome report (otherwise it is kept
     /// and sent by the next sync).
     pub reported: bool,
@@ -68,6 +71,15 @@ pub enum Progress<'a> {
 
 /// A file of the target release: its record, and where to download it if
 /// the answer said.
+/// Bytes that rebuild a file: a patch from a file the cache holds, or the
+/// file compressed (a patch from the empty file, `base` none).
+struct Rebuild<'a> {
+    url: &'a str,
+    size: u64,
+    blake3: &'a str,
+    base: Option<&'a PathBuf>,
+}
+
 struct Planned {
     record: FileRecord,
     source: Option<ArtifactFile>,
@@ -78,6 +90,7 @@ enum Installed {
         downloaded: usize,
         reused: usize,
         patched: usize,
+        compressed: usize,
     },
     /// The gateway now deploys another release: start over.
     Moved,
@@ -163,13 +176,16 @@ impl Client {
                     downloaded_bytes: 0,
                     reused_files: 0,
                     patched_files: 0,
+                    compressed_files: 0,
                     reported: true,
                     held_back,
                 });
             }
             let installed = self.install(cache, &answer, &from_version, record.as_ref(), &received, observe).await;
-            let (downloaded, reused, patched) = match installed {
-                Ok(Installed::Done { downloaded, reused, patched }) => (downloaded, reused, patched),
+            let (downloaded, reused, patched, compressed) = match installed {
+                Ok(Installed::Done { downloaded, reused, patched, compressed }) => {
+                    (downloaded, reused, patched, compressed)
+                }
                 Ok(Installed::Moved) if restarts < RESTARTS => {
                     restarts += 1;
                     tracing::info!("the deployment changed during the download; starting over");
@@ -216,6 +232,7 @@ impl Client {
                 downloaded_bytes: received.load(Ordering::Relaxed),
                 reused_files: reused,
                 patched_files: patched,
+                compressed_files: compressed,
                 reported,
                 held_back: false,
             });
@@ -238,7 +255,7 @@ impl Client {
             // Installed before (the previous release): nothing to fetch,
             // if it is all there.
             if cache.looks_complete(&record) {
-                return Ok(Installed::Done { downloaded: 0, reused: 0, patched: 0 });
+                return Ok(Installed::Done { downloaded: 0, reused: 0, patched: 0, compressed: 0 });
             }
             tracing::warn!(manifest_id = id, "a release kept in the cache is incomplete; downloading it again");
             cache.remove_release(id)?;
@@ -250,6 +267,7 @@ impl Client {
         let reusable = reusable_files(cache)?;
         let mut reused = 0;
         let mut patched = 0;
+        let mut compressed = 0;
         let mut to_fetch: Vec<usize> = Vec::new();
         for (i, p) in planned.iter().enumerate() {
             let dest = tree.join(p.record.relative());
@@ -263,21 +281,45 @@ impl Client {
                 reused += 1;
                 continue;
             }
+            // Beside the partial downloads, never over one.
+            let tmp = parts.with_file_name("patching").join(p.record.relative());
             // A patch from a file the cache holds: a fraction of the bytes.
-            // Any failure costs only the patch: the whole file follows.
+            // Any failure costs only the patch: the file compressed, or
+            // whole, follows.
             if let Some(offer) = p.source.as_ref().and_then(|s| s.patch.as_ref())
                 && let Some(base) = reusable.get(&offer.base_blake3)
             {
-                // Beside the partial downloads, never over one.
-                let tmp = parts.with_file_name("patching").join(p.record.relative());
-                match self.apply_patch(offer, base.clone(), tmp, dest, &p.record, received).await {
+                let rebuild = if offer.algorithm == ferry_patch::ALGORITHM {
+                    let how = Rebuild { url: &offer.url, size: offer.size, blake3: &offer.blake3, base: Some(base) };
+                    self.rebuild(how, &tmp, &dest, &p.record, received).await
+                } else {
+                    Err(format!("unknown patch algorithm {:?}", offer.algorithm))
+                };
+                match rebuild {
                     Ok(()) => {
                         patched += 1;
                         continue;
                     }
                     Err(reason) => {
-                        tracing::info!(file = %file_label(&p.record), reason, "patch not used; downloading the whole file")
+                        tracing::info!(file = %file_label(&p.record), reason, "patch not used; downloading the file")
                     }
+                }
+            }
+            // The file compressed (text): a patch from the empty file.
+            if let Some(offer) = p.source.as_ref().and_then(|s| s.compressed.as_ref())
+                && offer.encoding == "zstd"
+            {
+                let how = Rebuild { url: &offer.url, size: offer.size, blake3: &offer.blake3, base: None };
+                match self.rebuild(how, &tmp, &dest, &p.record, received).await {
+                    Ok(()) => {
+                        compressed += 1;
+                        continue;
+                    }
+                    Err(reason) => tracing::info!(
+                        file = %file_label(&p.record),
+                        reason,
+                        "compressed copy not used; downloading the whole file"
+                    ),
                 }
             }
             to_fetch.push(i);
@@ -291,7 +333,7 @@ impl Client {
             }
             refresh_sources(&mut planned, &full);
         }
-        let downloaded = to_fetch.len() + patched;
+        let downloaded = to_fetch.len() + patched + compressed;
         let mut refreshes = 0;
         while !to_fetch.is_empty() {
             let results: Vec<(usize, Result<(), FetchError>)> = futures::stream::iter(to_fetch.iter().copied())
@@ -371,47 +413,48 @@ impl Client {
         };
         let cache = cache.clone();
         tokio::task::spawn_blocking(move || cache.install(&record)).await.expect("installing does not panic")?;
-        Ok(Installed::Done { downloaded, reused, patched })
+        Ok(Installed::Done { downloaded, reused, patched, compressed })
     }
 
-    /// Downloads `offer`, checks it, applies it to `base` into `tmp` and
-    /// moves the result to `dest` once its BLAKE3 is the record's. Nothing
-    /// is left at `dest` on failure; the error says why.
-    async fn apply_patch(
+    /// Downloads `how`, checks it, applies it to its base (none: the empty
+    /// file) into `tmp` and moves the result to `dest` once its BLAKE3 is
+    /// the record's. Nothing is left at `dest` on failure; the error says
+    /// why.
+    async fn rebuild(
         &self,
-        offer: &PatchOffer,
-        base: PathBuf,
-        tmp: PathBuf,
-        dest: PathBuf,
+        how: Rebuild<'_>,
+        tmp: &std::path::Path,
+        dest: &std::path::Path,
         record: &FileRecord,
         received: &AtomicU64,
     ) -> Result<(), String> {
-        if offer.algorithm != ferry_patch::ALGORITHM {
-            return Err(format!("unknown patch algorithm {:?}", offer.algorithm));
-        }
+        let offer = &how;
         if offer.size >= record.size || offer.size > ferry_patch::MAX_FILE_BYTES {
-            return Err(format!("a patch of {} bytes for a file of {}", offer.size, record.size));
+            return Err(format!("{} bytes offered for a file of {}", offer.size, record.size));
         }
         let expected = blake3::Hash::from_hex(&record.blake3).map_err(|e| e.to_string())?;
-        let mut response = self.http.get(&offer.url).send().await.map_err(crate::transfer_error)?;
+        let mut response = self.http.get(offer.url).send().await.map_err(crate::transfer_error)?;
         if !response.status().is_success() {
-            return Err(format!("the patch URL answered {}", response.status()));
+            return Err(format!("its URL answered {}", response.status()));
         }
         // Grown as bytes arrive: the announced size is the gateway's word.
         let mut patch = Vec::with_capacity(offer.size.min(1 << 20) as usize);
         while let Some(chunk) = response.chunk().await.map_err(crate::transfer_error)? {
             received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if (patch.len() + chunk.len()) as u64 > offer.size {
-                return Err("the patch is longer than announced".into());
+                return Err("it is longer than announced".into());
             }
             patch.extend_from_slice(&chunk);
         }
         if patch.len() as u64 != offer.size || blake3::hash(&patch).to_hex().as_str() != offer.blake3 {
-            return Err("the patch downloaded does not match its size and BLAKE3".into());
+            return Err("what was downloaded does not match its size and BLAKE3".into());
         }
-        let size = record.size;
+        let (size, base, tmp, dest) = (record.size, how.base.cloned(), tmp.to_owned(), dest.to_owned());
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let base = std::fs::read(&base).map_err(|e| format!("reading {}: {e}", base.display()))?;
+            let base = match &base {
+                Some(base) => std::fs::read(base).map_err(|e| format!("reading {}: {e}", base.display()))?,
+                None => Vec::new(),
+            };
             let applied = (|| -> Result<(), String> {
                 for path in [&tmp, &dest] {
                     let parent = path.parent().expect("staged files have a parent");

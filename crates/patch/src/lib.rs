@@ -59,6 +59,59 @@ pub fn worth_offering(patch_len: u64, target_len: u64) -> bool {
     patch_len.saturating_mul(2) <= target_len
 }
 
+/// Whether a compressed copy of `compressed_len` bytes is clearly smaller
+/// than the `file_len` bytes it holds: it saves at least a tenth (text
+/// usually shrinks four to ten times; packages already compressed, such as
+/// APKs, barely at all and are then sent as they are).
+pub fn worth_compressing(compressed_len: u64, file_len: u64) -> bool {
+    compressed_len.saturating_mul(10) <= file_len.saturating_mul(9)
+}
+
+/// File name extensions (lowercase, without the dot) of text-like files,
+/// which the registry also stores compressed: API descriptions, scripts,
+/// style sheets, source maps, markup, data, WebAssembly.
+pub const COMPRESSIBLE_EXTENSIONS: &[&str] = &[
+    "cjs",
+    "css",
+    "csv",
+    "graphql",
+    "htm",
+    "html",
+    "js",
+    "json",
+    "jsonld",
+    "map",
+    "md",
+    "mjs",
+    "svg",
+    "ts",
+    "tsv",
+    "txt",
+    "wasm",
+    "webmanifest",
+    "xml",
+    "yaml",
+    "yml",
+];
+
+/// Whether the file at `path` is text-like by its extension
+/// ([`COMPRESSIBLE_EXTENSIONS`], any case).
+pub fn compressible(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.rsplit_once('.').is_some_and(|(stem, ext)| {
+        !stem.is_empty() && COMPRESSIBLE_EXTENSIONS.iter().any(|known| known.eq_ignore_ascii_case(ext))
+    })
+}
+
+/// A whole file compressed: a patch from the empty file, that is one
+/// standard zstd frame holding `file` that any zstd decoder reads without
+/// a dictionary (`zstd -d`), allowing a window log of up to
+/// [`MAX_WINDOW_LOG`] for files above 128 MiB. [`apply`] with an empty base
+/// decodes and checks it.
+pub fn compress(file: &[u8]) -> Result<Vec<u8>, PatchError> {
+    make(&[], file)
+}
+
 /// The file of a base release a target file is patched from (and, the
 /// other way, rolled back to): in the base's artifact of the same name and
 /// kind, the file at the same path; for a single-file artifact, its one
@@ -223,6 +276,37 @@ mod tests {
         assert!(apply_to_vec(&v1, &patch, &blake3::hash(b"other"), v2.len() as u64).is_err(), "another target");
         let short = apply_to_vec(&v1, &patch, &hash, v2.len() as u64 - 1).unwrap_err();
         assert!(matches!(short, PatchError::Mismatch { .. }), "{short}");
+    }
+
+    #[test]
+    fn a_compressed_file_is_a_plain_zstd_frame() {
+        let text: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("{{\"id\": {i}, \"name\": \"item {}\"}},\n", i % 97).into_bytes())
+            .collect();
+        let compressed = compress(&text).unwrap();
+        assert!(
+            worth_compressing(compressed.len() as u64, text.len() as u64),
+            "{} of {}",
+            compressed.len(),
+            text.len()
+        );
+        // Any decoder, no dictionary.
+        assert_eq!(zstd::stream::decode_all(compressed.as_slice()).unwrap(), text);
+        let hash = blake3::hash(&text);
+        assert_eq!(apply_to_vec(&[], &compressed, &hash, text.len() as u64).unwrap(), text);
+        // Noise does not shrink: not worth offering.
+        let noise = noise(100_000, 9);
+        assert!(!worth_compressing(compress(&noise).unwrap().len() as u64, noise.len() as u64));
+    }
+
+    #[test]
+    fn text_like_files_are_known_by_their_extension() {
+        for path in ["openapi.json", "static/js/main.3f2a.JS", "a/b/style.css", "main.js.map", "spec.yaml"] {
+            assert!(compressible(path), "{path}");
+        }
+        for path in ["crm-2.4.apk", "logo.png", "json", "dir.json/blob", ".json", "a/.css", "font.woff2"] {
+            assert!(!compressible(path), "{path}");
+        }
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum Change {
     /// This tenant gained an app: whatever was remembered as missing may
     /// exist now.
     Tenant(i64),
+    /// Patches (or compressed files) were made: file lists built while they
+    /// were being made may offer them now.
+    Patches,
     /// The listening connection was (re)established: changes may have been
     /// missed, so everything cached is suspect.
     Resync,
@@ -40,6 +43,7 @@ impl Change {
             "key" => Some(Change::Key(id.to_owned())),
             "limit" => id.parse().ok().map(Change::Limit),
             "tenant" => id.parse().ok().map(Change::Tenant),
+            "patches" => Some(Change::Patches),
             _ => None,
         }
     }

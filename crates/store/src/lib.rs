@@ -26,5 +26,5 @@ pub use meta::{
     AppReleases, Authenticated, CommitOptions, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, Principal,
     ReleaseRow, SavedManifest, connect, ensure_same_release,
 };
-pub use patches::{PatchJob, PatchOutcome, PatchPair, PatchRow};
+pub use patches::{PatchJob, PatchOutcome, PatchPair, PatchRow, empty_file};
 pub use publishers::PublisherRecord;

@@ -3,6 +3,11 @@
 //! file A to file B serves every tenant whose releases hold both, and is
 //! offered only to a client that says it holds A (a release of its own
 //! app) and moves to B (another), so it reveals nothing.
+//!
+//! A file stored compressed is a patch from the empty file
+//! ([`empty_file`]): the same queue, the same check before it is offered,
+//! the same table, one zstd frame any decoder reads. It is offered with
+//! every URL of its file.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,6 +58,12 @@ pub enum PatchOutcome {
     Skipped(String),
     /// Failed this time; retried after `retry_in` unless attempts are spent.
     Failed { error: String, retry_in: Duration, give_up: bool },
+}
+
+/// The BLAKE3 of no bytes: the base of a compressed whole file, which is a
+/// patch from the empty file.
+pub fn empty_file() -> Hash {
+    Hash::from_bytes(*blake3::hash(&[]).as_bytes())
 }
 
 fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {

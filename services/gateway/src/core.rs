@@ -20,8 +20,8 @@ use crate::error::GatewayError;
 use crate::limits::{Limits, Rate};
 use crate::metrics::Metrics;
 use crate::model::{
-    Action, ArtifactFile, CheckAnswer, DeletedFile, LastFailureBody, PatchOffer, ReportAccepted, VersionInfo,
-    VersionList, listing_json, rfc3339,
+    Action, ArtifactFile, CheckAnswer, CompressedOffer, DeletedFile, LastFailureBody, PatchOffer, ReportAccepted,
+    VersionInfo, VersionList, listing_json, rfc3339,
 };
 use crate::tenants::{AppView, IdleExpiry, Lookup, TenantState};
 use crate::urls::Urls;
@@ -191,6 +191,10 @@ struct Listing {
     json: bytes::Bytes,
     /// Until when every URL in it still has the guaranteed validity left.
     fresh_until: SystemTime,
+    /// Some of its patches or compressed files were still being made: it
+    /// is built again on the next `Change::Patches` (or within
+    /// `PATCH_RECHECK`).
+    awaiting_patches: bool,
 }
 
 /// A release's files without chunk lists: what answers need.
@@ -367,15 +371,28 @@ impl Gateway {
             Change::Key(id) => inner.keys.invalidate(&id),
             // A new limit starts a new limiter (with a full burst).
             Change::Limit(tenant_id) => inner.tenants.invalidate(&tenant_id),
+            // Lists still waiting for patches are built again when asked.
+            Change::Patches => self.forget_lists_awaiting_patches().await,
             Change::Resync => {
                 for (_, state) in inner.tenants.iter() {
                     state.forget_all(true);
                 }
                 inner.keys.invalidate_all();
+                self.forget_lists_awaiting_patches().await;
             }
         }
         inner.hub.changed(&change);
         let _ = inner.applied.send(change);
+    }
+
+    /// Drops the file lists built while some of their patches were still
+    /// being made: they are built again when next asked for.
+    async fn forget_lists_awaiting_patches(&self) {
+        for (key, listing) in self.inner.listings.iter() {
+            if listing.awaiting_patches {
+                self.inner.listings.invalidate(&*key).await;
+            }
+        }
     }
 
     /// Checks the database and S3 answer.
@@ -546,8 +563,16 @@ impl Gateway {
                 (base.hash != file.hash).then_some(base.hash)
             })
             .collect();
-        let pairs: Vec<(Hash, Hash)> =
+        let mut pairs: Vec<(Hash, Hash)> =
             wanted.iter().zip(&bases).filter_map(|((_, file), base)| Some(((*base)?, file.hash))).collect();
+        // Text-like files stored compressed: patches from the empty file.
+        let empty = ferry_store::empty_file();
+        pairs.extend(
+            wanted
+                .iter()
+                .filter(|(_, file)| ferry_patch::compressible(&file.path) && file.size >= ferry_patch::MIN_FILE_BYTES)
+                .map(|(_, file)| (empty, file.hash)),
+        );
         let (patches, pending) = self.inner.meta.patches_for(&pairs).await?;
         let mut artifacts = Vec::with_capacity(wanted.len());
         let min_remaining = self.inner.urls.min_remaining();
@@ -575,6 +600,20 @@ impl Gateway {
                 }
                 None => None,
             };
+            let compressed = match patches.get(&(empty, file.hash)) {
+                Some(row) => {
+                    let url = self.inner.urls.patch(&row.hash).await?;
+                    fresh_until = fresh_until.min(url.expires_at - min_remaining);
+                    Some(CompressedOffer {
+                        encoding: "zstd".into(),
+                        size: row.size,
+                        blake3: row.hash.to_hex().to_string(),
+                        url: url.url.to_string(),
+                        expires_at: rfc3339(url.expires_at),
+                    })
+                }
+                None => None,
+            };
             artifacts.push(ArtifactFile {
                 kind: artifact.name.to_string(),
                 path: file.path.clone(),
@@ -583,11 +622,19 @@ impl Gateway {
                 url: url.url.to_string(),
                 expires_at: rfc3339(url.expires_at),
                 patch,
+                compressed,
             });
         }
         let delta = previous.is_some();
         let json = listing_json(&artifacts, &deleted, delta);
-        Ok(Listing { artifacts: Arc::new(artifacts), deleted: Arc::new(deleted), delta, json, fresh_until })
+        Ok(Listing {
+            artifacts: Arc::new(artifacts),
+            deleted: Arc::new(deleted),
+            delta,
+            json,
+            fresh_until,
+            awaiting_patches: pending > 0,
+        })
     }
 
     /// A device's latest failure, from the cache or the database.

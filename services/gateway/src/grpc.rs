@@ -84,6 +84,13 @@ impl From<CheckAnswer> for pb::CheckResponse {
                         url: p.url.clone(),
                         expires_at: p.expires_at.clone(),
                     }),
+                    compressed: f.compressed.as_ref().map(|c| pb::CompressedOffer {
+                        encoding: c.encoding.clone(),
+                        size: c.size,
+                        blake3: c.blake3.clone(),
+                        url: c.url.clone(),
+                        expires_at: c.expires_at.clone(),
+                    }),
                 })
                 .collect(),
             deleted: a.deleted.iter().map(|d| pb::DeletedFile { kind: d.kind.clone(), path: d.path.clone() }).collect(),

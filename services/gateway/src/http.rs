@@ -21,8 +21,8 @@ use utoipa::{IntoParams, Modify, OpenApi};
 use crate::core::{Caller, CheckParams, Gateway};
 use crate::error::GatewayError;
 use crate::model::{
-    Action, ArtifactFile, CheckAnswer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody, PatchOffer,
-    ReportAccepted, ReportBody, VersionInfo, VersionList,
+    Action, ArtifactFile, CheckAnswer, CompressedOffer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody,
+    PatchOffer, ReportAccepted, ReportBody, VersionInfo, VersionList,
 };
 use crate::watch::WatchItem;
 
@@ -41,6 +41,7 @@ use crate::watch::WatchItem;
         Action,
         ArtifactFile,
         PatchOffer,
+        CompressedOffer,
         DeletedFile,
         LastFailureBody,
         VersionList,

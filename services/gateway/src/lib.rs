@@ -27,8 +27,8 @@ pub use launch::run_serve;
 pub use limits::Rate;
 pub use metrics::Metrics;
 pub use model::{
-    Action, ArtifactFile, CheckAnswer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody, PatchOffer,
-    ReportAccepted, ReportBody, VersionInfo, VersionList,
+    Action, ArtifactFile, CheckAnswer, CompressedOffer, DeletedFile, DeployNotice, ErrorBody, LastFailureBody,
+    PatchOffer, ReportAccepted, ReportBody, VersionInfo, VersionList,
 };
 pub use server::{serve, serve_with_tls};
 pub use shared_limits::SharedLimits;

@@ -186,6 +186,31 @@ pub struct ArtifactFile {
     /// download `url` instead (docs/clients.md, "Patches").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<PatchOffer>,
+    /// For a text-like file (JSON, JS, CSS, source maps, ...): the same file
+    /// compressed, when ready and clearly smaller. Download it instead of
+    /// `url`, decompress, check the result's BLAKE3 against `blake3`, and on
+    /// any failure download `url` (docs/clients.md, "Compressed files").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<CompressedOffer>,
+}
+
+/// A file stored compressed: fewer bytes to download for the same file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct CompressedOffer {
+    /// `zstd`: one standard zstd frame holding the file (`zstd -d`; a
+    /// decoder must allow a window log of 31 for files above 128 MiB).
+    #[schema(example = "zstd")]
+    pub encoding: String,
+    /// Bytes of the compressed file.
+    pub size: u64,
+    /// Hex BLAKE3 of the compressed bytes (`blake3` above is the one of the
+    /// file they decompress to).
+    pub blake3: String,
+    /// Presigned S3 GET URL of the compressed file.
+    pub url: String,
+    /// When `url` stops working (RFC 3339, UTC).
+    #[schema(example = "2026-11-22T10:15:00Z")]
+    pub expires_at: String,
 }
 
 /// A binary patch that turns a file the client holds into a file to
@@ -349,6 +374,13 @@ mod tests {
                 size: 7,
                 blake3: "ef".repeat(32),
                 url: "http://s3/patches/y?X-Amz-Signature=2".into(),
+                expires_at: "2026-11-22T10:15:00Z".into(),
+            }),
+            compressed: Some(CompressedOffer {
+                encoding: "zstd".into(),
+                size: 5,
+                blake3: "12".repeat(32),
+                url: "http://s3/patches/z?X-Amz-Signature=3".into(),
                 expires_at: "2026-11-22T10:15:00Z".into(),
             }),
         }];

@@ -198,7 +198,7 @@ impl Hub {
         let mark = match change {
             Change::App { app_id, .. } => Some(*app_id),
             Change::Resync => None,
-            Change::Tenant(_) | Change::Key(_) | Change::Limit(_) => return,
+            Change::Tenant(_) | Change::Key(_) | Change::Limit(_) | Change::Patches => return,
         };
         if let Some(app_id) = mark
             && !self.is_watched(app_id)

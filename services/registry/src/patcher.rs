@@ -13,6 +13,11 @@
 //! cannot change the job's state. A patch is offered (a `patches` row) only
 //! after applying it to its base rebuilt the target's BLAKE3, and only when
 //! it is clearly smaller than the file.
+//!
+//! Every committed release also gets its text-like files compressed
+//! (`ferry_patch::compressible`): a compressed file is a patch from the
+//! empty file, made, checked and offered the same way, to every client
+//! downloading the file whole.
 
 use std::time::Duration;
 
@@ -44,13 +49,14 @@ pub struct PatchSettings {
 
 impl Default for PatchSettings {
     fn default() -> Self {
-        Self { workers: 1, bases: 3, lease: Duration::from_secs(600), poll: Duration::from_secs(2), max_attempts: 5 }
+        Self { workers: 1, bases: 3, lease: Duration::from_secs(60), poll: Duration::from_secs(2), max_attempts: 5 }
     }
 }
 
-/// Queues the patches clients need to move to `target` (about to be
-/// deployed in `app_id`, its files at `location_id`) and back. Returns how
-/// many jobs were queued.
+/// Queues the compressed copies of `target`'s text-like files (just
+/// committed in `app_id`, its files at `location_id`) and, with `bases`
+/// above 0 (it is about to be deployed), the patches clients need to move
+/// to it and back. Returns how many jobs were queued.
 pub async fn plan(
     registry: &Registry,
     tenant_id: i64,
@@ -66,7 +72,12 @@ pub async fn plan(
         Ok::<_, anyhow::Error>(Manifest::decode(&body)?)
     };
     let to = load(tenant_id, target).await?;
-    let mut pairs = Vec::new();
+    // Its text-like files, compressed: patches from the empty file.
+    let empty = ferry_store::empty_file();
+    let mut pairs: Vec<PatchPair> = compressible_files(&to)
+        .into_iter()
+        .map(|file| PatchPair { base: empty, base_location_id: None, target: file, target_location_id: location_id })
+        .collect();
     for (base_tenant, base, base_location) in meta.patch_bases(app_id, target, bases).await? {
         let from = load(base_tenant, base).await?;
         for (old, new) in pairs_between(&from, &to) {
@@ -85,6 +96,22 @@ pub async fn plan(
         }
     }
     Ok(meta.enqueue_patches(&pairs).await?)
+}
+
+/// The files of `release` worth storing compressed: text-like
+/// (`ferry_patch::compressible`), between `ferry_patch::MIN_FILE_BYTES` and
+/// `ferry_patch::MAX_FILE_BYTES`.
+fn compressible_files(release: &Manifest) -> Vec<Hash> {
+    let mut seen = HashSet::new();
+    release
+        .files()
+        .filter(|f| {
+            (ferry_patch::MIN_FILE_BYTES..=ferry_patch::MAX_FILE_BYTES).contains(&f.size)
+                && ferry_patch::compressible(f.path.as_str())
+        })
+        .filter(|f| seen.insert(f.hash))
+        .map(|f| f.hash)
+        .collect()
 }
 
 /// The (base file, target file) pairs worth a patch between two releases:
@@ -193,8 +220,14 @@ async fn make(registry: &Registry, job: &PatchJob) -> anyhow::Result<PatchOutcom
         };
         Ok::<_, anyhow::Error>(registry.blobs().at(location.as_ref()))
     };
-    let (base_at, target_at) = (at(job.base_location_id).await?, at(job.target_location_id).await?);
-    let (base, target) = tokio::try_join!(base_at.get_file(&job.base), target_at.get_file(&job.target))?;
+    // A compressed whole file is a patch from the empty file: no base to read.
+    let compressing = job.base == ferry_store::empty_file();
+    let (base, target) = if compressing {
+        (Bytes::new(), at(job.target_location_id).await?.get_file(&job.target).await?)
+    } else {
+        let (base_at, target_at) = (at(job.base_location_id).await?, at(job.target_location_id).await?);
+        tokio::try_join!(base_at.get_file(&job.base), target_at.get_file(&job.target))?
+    };
     let (base_hash, target_hash, target_len) = (job.base, job.target, target.len() as u64);
     // CPU-bound (hashing, level 19, checking): off the async threads.
     let made = tokio::task::spawn_blocking(move || -> anyhow::Result<Result<Vec<u8>, ferry_patch::PatchError>> {
@@ -218,7 +251,10 @@ async fn make(registry: &Registry, job: &PatchJob) -> anyhow::Result<PatchOutcom
         Err(e) => return Err(e.into()),
     };
     let size = patch.len() as u64;
-    if !ferry_patch::worth_offering(size, target_len) {
+    if compressing && !ferry_patch::worth_compressing(size, target_len) {
+        return Ok(PatchOutcome::Skipped(format!("{size} bytes compressed are not clearly fewer than {target_len}")));
+    }
+    if !compressing && !ferry_patch::worth_offering(size, target_len) {
         return Ok(PatchOutcome::Skipped(format!("a patch of {size} bytes is not clearly smaller than {target_len}")));
     }
     let hash = Hash::from_bytes(*blake3::hash(&patch).as_bytes());

@@ -375,11 +375,10 @@ impl Registry {
             compatible: compatible.as_deref(),
             location_id: location.as_ref().map(|l| l.id),
         };
-        if req.deploy {
-            // Before the deploy is visible: a client told of it at once
-            // finds the patches queued (and its answer rechecked soon).
-            self.plan_patches(auth.tenant_id, app_id, id, location.as_ref().map(|l| l.id)).await;
-        }
+        // Before the release (or its deploy) is visible: a client told of it
+        // at once finds its patches and compressed files queued (and its
+        // answer rechecked soon). Patches only for a deploy.
+        self.plan_patches(auth.tenant_id, app_id, id, location.as_ref().map(|l| l.id), req.deploy).await;
         let outcome = self.meta.commit_release(auth.tenant_id, app_id, &manifest.version, id, options).await?;
         info!(%version, manifest = %id, created = outcome.created, deployed = outcome.deployed, "release committed");
         Ok(pb::CommitReleaseResponse { version, created: outcome.created, deployed: outcome.deployed })
@@ -454,11 +453,19 @@ impl Registry {
         }
     }
 
-    /// Queues the patches clients need to move to a release being deployed.
-    /// A failure is logged, never the deploy's: clients then download whole
+    /// Queues the compressed files of a release committed and, when it is
+    /// being deployed, the patches clients need to move to it. A failure is
+    /// logged, never the commit's or deploy's: clients then download whole
     /// files, as without patches.
-    async fn plan_patches(&self, tenant_id: i64, app_id: i64, target: ManifestId, location_id: Option<i64>) {
-        let bases = self.settings.patches.bases;
+    async fn plan_patches(
+        &self,
+        tenant_id: i64,
+        app_id: i64,
+        target: ManifestId,
+        location_id: Option<i64>,
+        deploying: bool,
+    ) {
+        let bases = if deploying { self.settings.patches.bases } else { 0 };
         match crate::patcher::plan(self, tenant_id, app_id, target, location_id, bases).await {
             Ok(queued) => info!(queued, "patches queued"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "queueing patches failed; clients get whole files"),
@@ -473,7 +480,7 @@ impl Registry {
         let compatible = parse_compatible(&req.compatible)?;
         // Before the deploy is visible (see commit).
         if let Some((tenant_id, manifest, location_id)) = self.meta.release_at(app_id, &version).await? {
-            self.plan_patches(tenant_id, app_id, manifest, location_id).await;
+            self.plan_patches(tenant_id, app_id, manifest, location_id, true).await;
         }
         let outcome = self.meta.deploy(app_id, &version, compatible.as_deref()).await?;
         info!(%version, previous = ?outcome.previous, "deployed");

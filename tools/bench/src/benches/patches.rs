@@ -8,6 +8,10 @@
 //! file's patch when one is offered, else the file. Then version 1 is
 //! deployed again and a phone holding version 2 does the same. The floor is
 //! the zstd patch of the whole artifact (a directory as a tar file).
+//!
+//! And a first install (`compressed`): a new phone checks for version 2
+//! without `have` and takes each text-like file's compressed copy, next to
+//! every file compressed on its own by the zstd tool.
 
 use std::path::Path;
 use std::time::Instant;
@@ -23,6 +27,9 @@ use crate::report::{Section, Table, Target, thousands};
 
 /// Bytes downloaded may be at most this many times the floor.
 const FLOOR_TARGET: f64 = 1.25;
+/// A first install's bytes (compressed copies taken) may be at most this
+/// many times every file compressed by the zstd tool on its own.
+const INSTALL_TARGET: f64 = 1.1;
 /// A patch for the deployed release of a 100 MB artifact must be ready
 /// within this.
 const READY_TARGET_SECONDS: f64 = 60.0;
@@ -48,6 +55,12 @@ struct PairFigures {
     floor_down: u64,
     /// Seconds the worker took for all of this pair's patches.
     make_seconds: f64,
+    /// A first install of v2 (no `have`): the files whole, with the
+    /// compressed copies offered, and every file by `zstd -19 --long`
+    /// where that is smaller (the anchor).
+    install_whole: u64,
+    install_compressed: u64,
+    install_floor: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -87,6 +100,7 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
         let make_seconds = started.elapsed().as_secs_f64();
         let (whole_up, patched_up) =
             phone_bytes(&gw.http, &key, &tenant, ("1.0.0", &v1.manifest_id), "2.0.0", &mut applied).await?;
+        let (install_whole, install_compressed) = first_install(&gw.http, &key, &tenant).await?;
         let (tenant_name, app) =
             (ferry_release::Name::parse("tenant", &tenant)?, ferry_release::Name::parse("app", "crm")?);
         let mut applied = gw.gateway.applied();
@@ -95,10 +109,15 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
         let (whole_down, patched_down) =
             phone_bytes(&gw.http, &key, &tenant, ("2.0.0", &v2.manifest_id), "1.0.0", &mut applied).await?;
         let (a, b) = (pair.v1.clone(), pair.v2.clone());
-        let (floor_up, floor_down) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
-            Ok((super::transfer::zstd_patch_size(&a, &b)?, super::transfer::zstd_patch_size(&b, &a)?))
-        })
-        .await??;
+        let (floor_up, floor_down, install_floor) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, u64)> {
+                Ok((
+                    super::transfer::zstd_patch_size(&a, &b)?,
+                    super::transfer::zstd_patch_size(&b, &a)?,
+                    zstd_each_file(&b)?,
+                ))
+            })
+            .await??;
         out.push(PairFigures {
             artifact: pair.artifact.into(),
             label: pair.label.clone(),
@@ -109,6 +128,9 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
             floor_up,
             floor_down,
             make_seconds,
+            install_whole,
+            install_compressed,
+            install_floor,
         });
     }
     Ok(Figures { pairs: out, large: large(quick).await?, zstd_version: crate::procs::version("zstd", "--version") })
@@ -149,6 +171,58 @@ async fn phone_bytes(
             .await
             .with_context(|| format!("the gateway never answered with {target}"))??;
     }
+}
+
+/// A new phone installing the deployed release (no `have`): (bytes of the
+/// files listed, bytes it downloads taking every compressed copy offered).
+async fn first_install(gateway: &str, key: &str, tenant: &str) -> anyhow::Result<(u64, u64)> {
+    let answer: Value = ferry_testkit::http()
+        .get(format!("{gateway}/v1/check"))
+        .query(&[("tenant", tenant), ("app", "crm"), ("version", "0.0.1")])
+        .bearer_auth(key)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let files = answer["artifacts"].as_array().context("no artifacts in the answer")?;
+    let size = |f: &Value| f["size"].as_u64().unwrap_or(0);
+    let whole = files.iter().map(size).sum();
+    let compressed =
+        files.iter().map(|f| f.get("compressed").and_then(|c| c["size"].as_u64()).unwrap_or(size(f))).sum();
+    Ok((whole, compressed))
+}
+
+/// Every file under `path` (or the file) compressed on its own by
+/// `zstd -19 --long=27`, counted where that is smaller than the file.
+fn zstd_each_file(path: &Path) -> anyhow::Result<u64> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("file.zst");
+    let mut total = 0;
+    for file in walk(path)? {
+        crate::procs::run(
+            crate::procs::command("zstd")?.args(["-q", "-f", "-19", "--long=27"]).arg(&file).arg("-o").arg(&out),
+        )?;
+        total += std::fs::metadata(&out)?.len().min(std::fs::metadata(&file)?.len());
+    }
+    Ok(total)
+}
+
+/// The regular files under `path` (or `path` itself).
+fn walk(path: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            out.extend(walk(&entry.path())?);
+        } else if entry.file_type()?.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }
 
 /// A 100 MB artifact (quick: 8 MB) with scattered edits: seconds from its
@@ -245,6 +319,48 @@ pub(crate) fn render(f: &Figures, quick: bool) -> Section {
         ]);
     }
     s.tables.push(table);
+    s.setup.push("first install: a new phone checks for v2 without `have` and downloads each file's compressed copy where one is offered (text-like files), else the file; the anchor is every file compressed on its own by the zstd tool, where that is smaller".into());
+    s.commands.push("zstd -19 --long=27 FILE -o FILE.zst   # each file of v2; min(file, FILE.zst) summed".into());
+    let mut install = Table::new(&[
+        "artifact",
+        "first install, whole files",
+        "**ferry, compressed copies**",
+        "zstd -19 each file",
+        "ferry / zstd",
+    ]);
+    let (mut all_whole, mut all_compressed, mut all_floor) = (0, 0, 0);
+    for p in &f.pairs {
+        install.row(vec![
+            p.artifact.clone(),
+            thousands(p.install_whole),
+            format!("**{}**", thousands(p.install_compressed)),
+            thousands(p.install_floor),
+            format!("{:.2}", p.install_compressed as f64 / p.install_floor.max(1) as f64),
+        ]);
+        (all_whole, all_compressed, all_floor) =
+            (all_whole + p.install_whole, all_compressed + p.install_compressed, all_floor + p.install_floor);
+    }
+    install.row(vec![
+        "**all**".into(),
+        thousands(all_whole),
+        format!("**{}**", thousands(all_compressed)),
+        thousands(all_floor),
+        format!("{:.2}", all_compressed as f64 / all_floor.max(1) as f64),
+    ]);
+    s.tables.push(install);
+    s.targets.push(Target::new(
+        quick,
+        "bytes a new phone downloads for a first install, all artifacts",
+        &format!("≤ {INSTALL_TARGET}× each file compressed by zstd -19"),
+        format!(
+            "{} vs {} ({:.2}×; {} whole)",
+            thousands(all_compressed),
+            thousands(all_floor),
+            all_compressed as f64 / all_floor.max(1) as f64,
+            thousands(all_whole)
+        ),
+        all_compressed as f64 <= INSTALL_TARGET * all_floor as f64,
+    ));
     for (dir, patched, floor) in [("upgrade", up, floor_up), ("downgrade", down, floor_down)] {
         s.targets.push(Target::new(
             quick,
