@@ -30,6 +30,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::StoreError;
 use crate::locations::Location;
+use crate::places::ChunkSource;
+use std::collections::HashMap;
 
 /// Part size of multipart uploads when assembling large files (S3 wants at
 /// least 5 MiB for all parts but the last).
@@ -241,22 +243,84 @@ impl Blobs {
         Ok(data)
     }
 
-    /// The file's chunks, fetched ahead in order.
-    fn chunks_of(&self, file: &FileEntry) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Send + use<> {
-        let hashes: Vec<Hash> = file.chunks.iter().map(|c| c.hash).collect();
+    /// `len` bytes of the assembled file `file` in the registry's bucket
+    /// from `start` (where placed chunks are read).
+    async fn get_file_range(&self, file: &Hash, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        let started = Instant::now();
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(file_key(file))
+            .range(format!("bytes={start}-{}", start + len - 1))
+            .send()
+            .await
+            .map_err(|e| s3_error("get file range", e))?;
+        let data = out.body.collect().await.map_err(|e| StoreError::Unavailable { what: "s3", source: Box::new(e) })?;
+        crate::metrics::took("s3", "get_object_range", started);
+        let data = data.into_bytes();
+        if data.len() as u64 != len {
+            return Err(StoreError::Integrity(format!(
+                "a range of files/{} has {} bytes, not {len}",
+                file,
+                data.len()
+            )));
+        }
+        Ok(data)
+    }
+
+    /// The file's chunks, fetched ahead in order, each checked against its
+    /// hash: placed chunks from the files holding them (consecutive ones of
+    /// one file in one ranged GET of up to [`PART_SIZE`]), the others from
+    /// their own objects.
+    fn chunks_of(
+        &self,
+        file: &FileEntry,
+        sources: &HashMap<Hash, ChunkSource>,
+    ) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Send + use<> {
+        let reads = plan_reads(file, sources);
         let this = self.clone();
-        futures::stream::iter(hashes)
-            .map(move |hash| {
+        futures::stream::iter(reads)
+            .map(move |read| {
                 let this = this.clone();
-                async move { this.get_chunk(&hash).await }
+                async move {
+                    match read {
+                        Read::Object(hash) => Ok(vec![this.get_chunk(&hash).await?]),
+                        Read::Range { file, start, chunks } => {
+                            let total: u64 = chunks.iter().map(|(_, len)| u64::from(*len)).sum();
+                            let data = this.get_file_range(&file, start, total).await?;
+                            let mut out = Vec::with_capacity(chunks.len());
+                            let mut at = 0usize;
+                            for (hash, len) in chunks {
+                                let piece = data.slice(at..at + len as usize);
+                                if blake3::hash(&piece) != hash {
+                                    return Err(StoreError::Integrity(format!(
+                                        "chunk {hash} is not at its recorded place in files/{file}"
+                                    )));
+                                }
+                                at += len as usize;
+                                out.push(piece);
+                            }
+                            Ok(out)
+                        }
+                    }
+                }
             })
             .buffered(ASSEMBLY_PREFETCH)
+            .map_ok(|pieces| futures::stream::iter(pieces.into_iter().map(Ok)))
+            .try_flatten()
+    }
+
+    /// Deletes a chunk's own object (its bytes are in a file).
+    pub async fn delete_chunk(&self, hash: &Hash) -> Result<(), StoreError> {
+        self.delete(chunk_key(hash)).await
     }
 
     /// Checks that `file`'s chunks rebuild it (size and BLAKE3) without
     /// writing anything: for a file someone else already assembled.
-    pub async fn verify_file(&self, file: &FileEntry) -> Result<(), StoreError> {
-        let mut chunks = std::pin::pin!(self.chunks_of(file));
+    /// `sources` says where each chunk is (absent: its own object).
+    pub async fn verify_file(&self, file: &FileEntry, sources: &HashMap<Hash, ChunkSource>) -> Result<(), StoreError> {
+        let mut chunks = std::pin::pin!(self.chunks_of(file, sources));
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         while let Some(chunk) = chunks.try_next().await? {
@@ -270,10 +334,15 @@ impl Blobs {
     /// at most a part and the prefetched chunks are in memory. The object
     /// appears only if the bytes have the manifest's size and BLAKE3;
     /// otherwise nothing is left behind and the answer is
-    /// [`StoreError::Mismatch`].
-    pub async fn assemble_file(&self, file: &FileEntry) -> Result<(), StoreError> {
+    /// [`StoreError::Mismatch`]. `sources` says where each chunk is
+    /// (absent: its own object).
+    pub async fn assemble_file(
+        &self,
+        file: &FileEntry,
+        sources: &HashMap<Hash, ChunkSource>,
+    ) -> Result<(), StoreError> {
         let key = self.file_object(&file.hash);
-        let mut chunks = std::pin::pin!(self.chunks_of(file));
+        let mut chunks = std::pin::pin!(self.chunks_of(file, sources));
         if file.size <= PART_SIZE as u64 {
             let mut body = BytesMut::with_capacity(file.size as usize);
             while let Some(chunk) = chunks.try_next().await? {
@@ -528,6 +597,39 @@ impl Blobs {
         sent.map_err(|e| s3_error("put object", e))?;
         Ok(())
     }
+}
+
+/// One read of [`Blobs::chunks_of`].
+enum Read {
+    Object(Hash),
+    /// Consecutive chunks of one file: `(hash, length)` from `start`.
+    Range {
+        file: Hash,
+        start: u64,
+        chunks: Vec<(Hash, u32)>,
+    },
+}
+
+/// The reads that fetch `file`'s chunks in order: consecutive placed
+/// chunks of one file merged into one range of at most [`PART_SIZE`].
+fn plan_reads(file: &FileEntry, sources: &HashMap<Hash, ChunkSource>) -> Vec<Read> {
+    let mut reads: Vec<Read> = Vec::new();
+    for chunk in &file.chunks {
+        match sources.get(&chunk.hash) {
+            Some(ChunkSource::Place { file: holder, offset }) => {
+                if let Some(Read::Range { file: last, start, chunks }) = reads.last_mut() {
+                    let end = *start + chunks.iter().map(|(_, len)| u64::from(*len)).sum::<u64>();
+                    if last == holder && end == *offset && end - *start + u64::from(chunk.len) <= PART_SIZE as u64 {
+                        chunks.push((chunk.hash, chunk.len));
+                        continue;
+                    }
+                }
+                reads.push(Read::Range { file: *holder, start: *offset, chunks: vec![(chunk.hash, chunk.len)] });
+            }
+            _ => reads.push(Read::Object(chunk.hash)),
+        }
+    }
+    reads
 }
 
 /// Settings that keep the SDK to what every S3-compatible store speaks.

@@ -11,7 +11,13 @@
 //!    remaining manifests uses;
 //! 3. chunks nobody claims any more, from S3 and then from `chunks`;
 //! 4. assembled files no remaining manifest uses, from S3 and then from
-//!    `files`.
+//!    `files`, with the places of chunks in them (a chunk left without
+//!    bytes goes too, with its claims); a file holding the only copy of a
+//!    chunk a remaining manifest uses stays;
+//! 5. objects no row needs (a registry died between writing and
+//!    recording);
+//! 6. objects of chunks whose bytes are in a file (places.rs), which a
+//!    commit did not get to delete.
 //!
 //! Files assembled at a tenant's download location (`location_files`,
 //! another bucket or a prefix other than `files/`) are not collected: they
@@ -48,6 +54,8 @@ pub struct GcReport {
     pub chunk_claims: u64,
     pub chunks: u64,
     pub chunk_bytes: u64,
+    /// Objects of chunks whose bytes are in files, deleted.
+    pub chunk_objects: u64,
     pub files: u64,
     pub file_bytes: u64,
 }
@@ -59,12 +67,14 @@ impl std::fmt::Display for GcReport {
         }
         write!(
             f,
-            "freed {} manifests ({} bytes), {} chunk claims, {} chunks ({} bytes) and {} files ({} bytes)",
+            "freed {} manifests ({} bytes), {} chunk claims, {} chunks ({} bytes), {} chunk objects whose bytes are in \
+             files and {} files ({} bytes)",
             self.manifests,
             self.manifest_bytes,
             self.chunk_claims,
             self.chunks,
             self.chunk_bytes,
+            self.chunk_objects,
             self.files,
             self.file_bytes
         )
@@ -118,6 +128,8 @@ async fn collect(
         }
     }
 
+    let used_anywhere: HashSet<Hash> = used_chunks.values().flatten().copied().collect();
+
     // 2. Claims on chunks no remaining manifest of the tenant uses.
     let rows = client
         .query(
@@ -165,17 +177,22 @@ async fn collect(
         }
         let rows = tx
             .query(
-                "SELECT c.hash, c.size FROM chunks c WHERE c.hash = ANY($1) \
+                "SELECT c.hash, c.size, c.in_object FROM chunks c WHERE c.hash = ANY($1) \
                  AND NOT EXISTS (SELECT 1 FROM tenant_chunks t WHERE t.hash = c.hash)",
                 &[&candidates],
             )
             .await?;
         let mut hashes = Vec::with_capacity(rows.len());
         for row in &rows {
-            blobs.delete(chunk_key(&stored_hash(row.get(0))?)).await?;
-            report.chunk_bytes += row.get::<_, i32>(1) as u64;
+            // Bytes only in a file stay there (the file is collected on
+            // its own); an object of its own goes.
+            if row.get::<_, bool>(2) {
+                blobs.delete(chunk_key(&stored_hash(row.get(0))?)).await?;
+                report.chunk_bytes += row.get::<_, i32>(1) as u64;
+            }
             hashes.push(row.get::<_, Vec<u8>>(0));
         }
+        tx.execute("DELETE FROM chunk_places WHERE hash = ANY($1)", &[&hashes]).await?;
         report.chunks += tx.execute("DELETE FROM chunks WHERE hash = ANY($1)", &[&hashes]).await?;
         tx.commit().await?;
         if rows.len() < candidates.len() {
@@ -205,8 +222,46 @@ async fn collect(
                 &[&batch, &grace_seconds],
             )
             .await?;
+        let candidates: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+        // A file holding the only copy of a chunk a remaining manifest uses
+        // (a publish in progress, say) stays until that manifest goes.
+        let sole: HashSet<Vec<u8>> = tx
+            .query(
+                "SELECT p.file_hash, p.hash FROM chunk_places p JOIN chunks c ON c.hash = p.hash \
+                 WHERE p.file_hash = ANY($1) AND NOT c.in_object \
+                 AND NOT EXISTS (SELECT 1 FROM chunk_places q WHERE q.hash = p.hash AND NOT (q.file_hash = ANY($1)))",
+                &[&candidates],
+            )
+            .await?
+            .iter()
+            .filter(|r| {
+                <[u8; 32]>::try_from(r.get::<_, &[u8]>(1)).is_ok_and(|h| used_anywhere.contains(&Hash::from_bytes(h)))
+            })
+            .map(|r| r.get(0))
+            .collect();
+        let rows: Vec<_> = rows.into_iter().filter(|r| !sole.contains(r.get::<_, &[u8]>(0))).collect();
         let hashes: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
         tx.execute("DELETE FROM tenant_files WHERE hash = ANY($1)", &[&hashes]).await?;
+        // Chunks whose bytes were only in these files are gone with them,
+        // and so are the claims on them (a later publish uploads them).
+        let placed: Vec<Vec<u8>> = tx
+            .query("DELETE FROM chunk_places WHERE file_hash = ANY($1) RETURNING hash", &[&hashes])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let lost: Vec<Vec<u8>> = tx
+            .query(
+                "SELECT c.hash FROM chunks c WHERE c.hash = ANY($1) AND NOT c.in_object \
+                 AND NOT EXISTS (SELECT 1 FROM chunk_places p WHERE p.hash = c.hash) FOR UPDATE",
+                &[&placed],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        report.chunk_claims += tx.execute("DELETE FROM tenant_chunks WHERE hash = ANY($1)", &[&lost]).await?;
+        report.chunks += tx.execute("DELETE FROM chunks WHERE hash = ANY($1)", &[&lost]).await?;
         for row in &rows {
             blobs.delete(file_key(&stored_hash(row.get(0))?)).await?;
             report.file_bytes += row.get::<_, i64>(1) as u64;
@@ -218,14 +273,16 @@ async fn collect(
     // object and recording it. Old enough, nobody can be about to record
     // them.
     let cutoff = std::time::SystemTime::now() - grace;
-    for (prefix, table) in [("chunks/", "chunks"), ("files/", "files")] {
+    // (A chunk whose bytes are in a file needs no object: its row does not
+    // count.)
+    for (prefix, table) in [("chunks/", "chunks WHERE in_object AND"), ("files/", "files WHERE")] {
         let mut token = None;
         loop {
             let (page, next) = blobs.list_older_than(prefix, cutoff, token).await?;
             let hashes: Vec<Vec<u8>> =
                 page.iter().filter_map(|(key, _)| hex::decode(key.strip_prefix(prefix)?).ok()).collect();
             let known: HashSet<Vec<u8>> = client
-                .query(&format!("SELECT hash FROM {table} WHERE hash = ANY($1)"), &[&hashes])
+                .query(&format!("SELECT hash FROM {table} hash = ANY($1)"), &[&hashes])
                 .await?
                 .iter()
                 .map(|r| r.get(0))
@@ -236,7 +293,7 @@ async fn collect(
                     continue;
                 }
                 blobs.delete(key).await?;
-                if table == "chunks" {
+                if prefix == "chunks/" {
                     report.chunks += 1;
                     report.chunk_bytes += size;
                 } else {
@@ -250,6 +307,10 @@ async fn collect(
             }
         }
     }
+
+    // 6. Objects of chunks placed in files that a commit did not get to
+    // delete (it failed, or its registry stopped).
+    report.chunk_objects = crate::places::drop_placed_objects_with(client, blobs).await? as u64;
 
     tracing::info!(
         manifests = report.manifests,

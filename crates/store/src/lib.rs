@@ -14,6 +14,7 @@ mod meta;
 pub mod metrics;
 mod patches;
 mod pg_tls;
+mod places;
 mod publishers;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key, patch_key};
@@ -27,4 +28,5 @@ pub use meta::{
     ReleaseRow, SavedManifest, connect, ensure_same_release,
 };
 pub use patches::{PatchJob, PatchOutcome, PatchPair, PatchRow, empty_file};
+pub use places::{ChunkSource, drop_placed_chunk_objects};
 pub use publishers::PublisherRecord;

@@ -514,8 +514,14 @@ impl Meta {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let key = hash.as_bytes().as_slice();
-        tx.execute("INSERT INTO chunks (hash, size) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&key, &(size as i32)])
-            .await?;
+        // Its object is needed again unless its bytes are in a file (then
+        // the object just written is left for garbage collection).
+        tx.execute(
+            "INSERT INTO chunks (hash, size) VALUES ($1, $2) ON CONFLICT (hash) DO UPDATE SET in_object = true \
+             WHERE NOT chunks.in_object AND NOT EXISTS (SELECT 1 FROM chunk_places p WHERE p.hash = chunks.hash)",
+            &[&key, &(size as i32)],
+        )
+        .await?;
         let n = tx
             .execute(
                 "INSERT INTO tenant_chunks (tenant_id, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",

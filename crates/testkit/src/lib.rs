@@ -19,7 +19,7 @@ pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{Postgres, fresh_database};
 pub use redis::RedisServer;
 pub use relay::{Damage, Downstream, Faults, Relay, Target};
-pub use s3::S3Server;
+pub use s3::{RequestCounts, Requests, S3Server};
 pub use smtp::{Mail, SmtpServer};
 
 /// Kills every process of the process group `pgid` (SIGKILL). Written

@@ -11,10 +11,74 @@ use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::oneshot;
 
+/// Requests an [`S3Server`] served, by method.
+#[derive(Debug, Default)]
+pub struct Requests {
+    pub get: std::sync::atomic::AtomicU64,
+    pub put: std::sync::atomic::AtomicU64,
+    pub post: std::sync::atomic::AtomicU64,
+    pub delete: std::sync::atomic::AtomicU64,
+    pub other: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`Requests`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestCounts {
+    pub get: u64,
+    pub put: u64,
+    pub post: u64,
+    pub delete: u64,
+    pub other: u64,
+}
+
+impl RequestCounts {
+    pub fn total(&self) -> u64 {
+        self.get + self.put + self.post + self.delete + self.other
+    }
+
+    /// What was served between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &RequestCounts) -> RequestCounts {
+        RequestCounts {
+            get: self.get - earlier.get,
+            put: self.put - earlier.put,
+            post: self.post - earlier.post,
+            delete: self.delete - earlier.delete,
+            other: self.other - earlier.other,
+        }
+    }
+}
+
+impl Requests {
+    fn count(&self, method: &hyper::Method) {
+        let counter = match *method {
+            hyper::Method::GET => &self.get,
+            hyper::Method::PUT => &self.put,
+            hyper::Method::POST => &self.post,
+            hyper::Method::DELETE => &self.delete,
+            _ => &self.other,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RequestCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        RequestCounts {
+            get: self.get.load(Relaxed),
+            put: self.put.load(Relaxed),
+            post: self.post.load(Relaxed),
+            delete: self.delete.load(Relaxed),
+            other: self.other.load(Relaxed),
+        }
+    }
+}
+
 /// A running S3 server on `127.0.0.1:<random port>`, serving on its own
 /// thread and runtime so it keeps answering whatever the caller's runtime
 /// does. Stops when dropped.
 pub struct S3Server {
+    /// Requests served so far, by HTTP method (what a benchmark reports as
+    /// S3 requests).
+    pub requests: std::sync::Arc<Requests>,
     pub endpoint: String,
     pub region: String,
     pub access_key_id: String,
@@ -40,6 +104,7 @@ impl S3Server {
         };
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let mut server = Self {
+            requests: std::sync::Arc::default(),
             endpoint: String::new(),
             region: "us-east-1".into(),
             access_key_id: format!("ferry{}", crate::random_suffix(6)),
@@ -84,6 +149,7 @@ impl S3Server {
         self.addr = listener.local_addr()?;
         self.endpoint = format!("http://{}", self.addr);
         let (stop, mut stopped) = oneshot::channel::<()>();
+        let requests = self.requests.clone();
         let thread = std::thread::Builder::new().name("ferry-s3".into()).spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -101,7 +167,12 @@ impl S3Server {
                         },
                         _ = &mut stopped => break,
                     };
-                    let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                    let (service, requests) = (service.clone(), requests.clone());
+                    let counted = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        requests.count(req.method());
+                        hyper::service::Service::call(&service, req)
+                    });
+                    let conn = http.serve_connection(TokioIo::new(socket), counted).into_owned();
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });

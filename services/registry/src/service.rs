@@ -1,8 +1,9 @@
 //! The `ferry.registry.v1.Registry` gRPC service: prepare, upload, commit,
 //! deploy. Protobuf types are converted and validated here, at the edge.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -265,10 +266,15 @@ impl Registry {
         Ok(pb::PrepareReleaseResponse { manifest_id: id.0.to_vec(), missing_chunks: missing, already_published: false })
     }
 
-    /// Stores one verified chunk; returns whether the tenant gained it. The
-    /// PUT happens even when the chunk is known: it is idempotent, and it
-    /// repairs an object lost from the bucket.
+    /// Stores one verified chunk; returns whether the tenant gained it. A
+    /// chunk whose bytes are already in an assembled file is only claimed
+    /// (nothing is written); otherwise the PUT happens even when the chunk
+    /// is known: it is idempotent, and it repairs an object lost from the
+    /// bucket.
     async fn store_chunk(&self, tenant_id: i64, hash: Hash, data: Bytes) -> Result<bool, RegistryError> {
+        if let Some(new) = self.meta.claim_placed_chunk(tenant_id, &hash).await? {
+            return Ok(new);
+        }
         let len = data.len() as u32;
         self.blobs.put_chunk(&hash, data).await?;
         Ok(self.meta.record_chunk(tenant_id, &hash, len).await?)
@@ -381,6 +387,15 @@ impl Registry {
         self.plan_patches(auth.tenant_id, app_id, id, location.as_ref().map(|l| l.id), req.deploy).await;
         let outcome = self.meta.commit_release(auth.tenant_id, app_id, &manifest.version, id, options).await?;
         info!(%version, manifest = %id, created = outcome.created, deployed = outcome.deployed, "release committed");
+        // Its chunks' bytes are in its files now: their own objects go
+        // (anything missed here, garbage collection deletes).
+        let chunks: Vec<Hash> = manifest.unique_chunks().iter().map(|c| c.hash).collect();
+        match ferry_store::drop_placed_chunk_objects(&self.meta, &self.blobs, Some(&chunks)).await {
+            Ok(dropped) => tracing::debug!(dropped, "chunk objects dropped: their bytes are in files"),
+            Err(e) => {
+                tracing::warn!(error = %ferry_proto::error_chain(&e), "dropping chunk objects failed; garbage collection will")
+            }
+        }
         Ok(pb::CommitReleaseResponse { version, created: outcome.created, deployed: outcome.deployed })
     }
 
@@ -416,6 +431,8 @@ impl Registry {
         };
         let blobs = self.blobs.at(location);
         let location_id = location.map(|l| l.id);
+        // Where each chunk's bytes are: in its own object, or in a file.
+        let sources = Arc::new(self.meta.chunk_sources(&chunks).await?);
         // A publisher's files are all recorded for this tenant (those its
         // scope proved, without reading them again).
         let mut pending = files.into_iter().filter(|f| actor.publisher || !proved.contains(&f.hash)).cloned();
@@ -429,19 +446,32 @@ impl Registry {
                 // tenant's chunks must rebuild it before its release may use
                 // it, so a hash alone reveals or grants nothing.
                 let (exists, proved) = (stored.contains(&file.hash), proved.contains(&file.hash));
+                let sources = sources.clone();
                 tasks.spawn(async move {
-                    if proved {
-                        // Proved by the scope: recorded for this tenant only.
-                    } else if exists {
-                        blobs.verify_file(&file).await?;
-                    } else {
-                        blobs.assemble_file(&file).await?;
+                    if !proved {
+                        this.rebuild_file(&blobs, &file, exists, &sources).await?;
                     }
                     match location_id {
                         Some(location_id) => {
                             this.meta.record_location_file(location_id, tenant_id, &file.hash, file.size).await?
                         }
                         None => this.meta.record_file(tenant_id, &file.hash, file.size).await?,
+                    }
+                    // Read and checked just now: where its chunks are in it
+                    // (only in the registry's bucket, where later assemblies
+                    // read them).
+                    if !proved && location_id.is_none() {
+                        let mut offset = 0u64;
+                        let places: Vec<(Hash, u64)> = file
+                            .chunks
+                            .iter()
+                            .map(|c| {
+                                let at = offset;
+                                offset += u64::from(c.len);
+                                (c.hash, at)
+                            })
+                            .collect();
+                        this.meta.record_places(&file.hash, &places).await?;
                     }
                     Ok::<_, RegistryError>(())
                 });
@@ -450,6 +480,31 @@ impl Registry {
                 Some(done) => joined(done)?,
                 None => return Ok(()),
             }
+        }
+    }
+
+    /// Assembles `file` (or, when it `exists`, checks that the chunks
+    /// rebuild it). A chunk object deleted meanwhile (another commit
+    /// placed it in a file) makes it look its chunks up once more.
+    async fn rebuild_file(
+        &self,
+        blobs: &ferry_store::Blobs,
+        file: &ferry_release::FileEntry,
+        exists: bool,
+        sources: &HashMap<Hash, ferry_store::ChunkSource>,
+    ) -> Result<(), RegistryError> {
+        let first = match exists {
+            true => blobs.verify_file(file, sources).await,
+            false => blobs.assemble_file(file, sources).await,
+        };
+        if !matches!(first, Err(ferry_store::StoreError::NotFound(_))) {
+            return Ok(first?);
+        }
+        let hashes: Vec<Hash> = file.chunks.iter().map(|c| c.hash).collect();
+        let fresh = self.meta.chunk_sources(&hashes).await?;
+        match exists {
+            true => Ok(blobs.verify_file(file, &fresh).await?),
+            false => Ok(blobs.assemble_file(file, &fresh).await?),
         }
     }
 

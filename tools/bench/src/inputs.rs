@@ -256,6 +256,147 @@ fn release_pairs(quick: bool) -> Vec<ReleasePair> {
     }
 }
 
+/// Ten consecutive public releases of one artifact (`storage`).
+pub(crate) struct ReleaseSeries {
+    pub(crate) artifact: &'static str,
+    pub(crate) kind: &'static str,
+    versions: Vec<NpmTarball>,
+    /// As [`ReleasePair`]'s.
+    path: &'static str,
+}
+
+/// A series, fetched and verified: each version's path, oldest first.
+pub(crate) struct FetchedSeries {
+    pub(crate) artifact: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) label: String,
+    pub(crate) versions: Vec<PathBuf>,
+}
+
+/// Ten consecutive published versions of a web bundle (preact), and for
+/// the full run also of an Android APK (Appium's UiAutomator2 server) and
+/// of GitHub's OpenAPI description: the releases the `storage` benchmark
+/// publishes one after the other.
+fn release_series(quick: bool) -> Vec<ReleaseSeries> {
+    let mut out = vec![ReleaseSeries {
+        artifact: "web",
+        kind: "web bundle directory",
+        versions: vec![
+            npm("preact", "10.19.0", "6b9d4db96c9a0959f7cdefb0b4d0c94f24d306fe7385344427debab72e32769a"),
+            npm("preact", "10.19.1", "1af9d01b33f3b7c2a98b57a9b3d1edfb9b69cb8d2bbce6fd293e8ee3024fef19"),
+            npm("preact", "10.19.2", "cb2dfe65736b9cb0c2fb07fd635e65a5331c12e2ef0437988a0a3428caef3638"),
+            npm("preact", "10.19.3", "6d3d0157b462a600deb8e061067c350f0243df390b518e1272263168dda667a7"),
+            npm("preact", "10.19.4", "bbc3407d9e82715e32cfad0d14fd01acdf9bf64fe457a74cadb96ffcede76a62"),
+            npm("preact", "10.19.5", "581fdec330a93bd38d89f3f943e1f89a6974759e34cc634f1423e5bbde846fb9"),
+            npm("preact", "10.19.6", "38c28aaaecff743cf6c41aad702c5759664e2665d5824ad27e85b2a1f82c8744"),
+            npm("preact", "10.19.7", "4bf9d2fe2573ad116ada99441a2d6cb27a71b9bc895f2e0776c3764aaf0661c7"),
+            npm("preact", "10.20.0", "d1abb67b451743002f17fb380c3eaa7a43bd8b487b4900d291366273ef628e72"),
+            npm("preact", "10.20.1", "4baf2f1716e3dc0f35ef1eed309abfb452f5dd9de08494d25dd39da26dfd0d2c"),
+        ],
+        path: "",
+    }];
+    if !quick {
+        out.push(ReleaseSeries {
+            artifact: "mobile",
+            kind: "Android APK",
+            versions: vec![
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.0.0",
+                    "e69749b595b18836a542e1668a2bfa310d85ece04f29f6ba5f89f438c3e7d471",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.1.0",
+                    "f082a44e40a54bfe56dc08c8f49e651e9c0d9717c2111069ee0560ef4026fa09",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.2.1",
+                    "2fec35772d63de721c2d904493c56bee77db46b1711a6d5635dd179293925c1d",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.3.2",
+                    "c0419ff49b87239731e77a470476786b797ca3f9fab5cad5c706d34ba457e865",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.3.5",
+                    "e40284ca4080696fe49bbc95565d5045db50cc04ee16c2ff9f580c5c07321ad1",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.4.0",
+                    "7017060260c5dd985c24f99b952169138792038143fbc5cacd2d7dc67604ad81",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.6.0",
+                    "732ea95d61c11b1c4889f9cc9670c03fdd3dad5b6f633b85db91ea37197a5de2",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.6.2",
+                    "82d5ec554698c5b01ab58182af6b14c417f6f7fcbac6d62e29e30177ee8abd99",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.6.4",
+                    "ace05a701401fa971593ade56440c15b86d7a0bfea373b9dc05c570fb5539b79",
+                ),
+                npm(
+                    "appium-uiautomator2-server",
+                    "10.6.6",
+                    "359f1c4b5e642b7abbd35a21dbf5c7242d9a9b28aed105563e6a3ce0ae2593bc",
+                ),
+            ],
+            path: "apks/appium-uiautomator2-server-v{v}.apk",
+        });
+        out.push(ReleaseSeries {
+            artifact: "api",
+            kind: "API description (OpenAPI JSON)",
+            versions: vec![
+                npm("@octokit/openapi", "18.0.0", "f5c610a1c9581a2211c79156e1b83c04010bcc836eb8f63a0bc93f7d61179a6b"),
+                npm("@octokit/openapi", "18.2.0", "f148ae64ae3b093abcb6865718fbdaa6dd6e937b62d93de6b17651cad6c5b26a"),
+                npm("@octokit/openapi", "19.0.0", "488f7aaf2b103d4bea43a84e243c62c4fa1d0463e8e90d53d52a8cd49ba5104e"),
+                npm("@octokit/openapi", "19.1.0", "68b891280e92db32b7d5ab8d423e606d5028a84c5be2739753b81a24bb9f11cf"),
+                npm("@octokit/openapi", "20.0.0", "cf0c1b450ae7d438e4e73f1c5f6df4f2272a671031f49f8553dbf553ce17f16c"),
+                npm("@octokit/openapi", "21.0.0", "9d56d411de758658b9721dac285b5faed73fc196d475d47a81f148c5ba4f12a4"),
+                npm("@octokit/openapi", "22.0.0", "d6fd6c17fc7d4b2e56de6253212997d25b18d243b6334a24e2fb09572afcce89"),
+                npm("@octokit/openapi", "23.0.0", "2f11493acd75f82fd56ed09df44e64669315285ca9fc74ad1fd43f4a37cbc154"),
+                npm("@octokit/openapi", "23.0.1", "74e0c0260658974b1cd08dcb21443344ae4caf341ca626ce3a221bd1292d0c66"),
+                npm("@octokit/openapi", "23.0.2", "27922b0fc7b7550d5239150ccc0aab2563b4fbc4f35b6d1996c335e4a3599b45"),
+            ],
+            path: "generated/api.github.com.json",
+        });
+    }
+    out
+}
+
+/// The release series, fetched (once) and verified.
+pub(crate) fn fetch_series(quick: bool) -> anyhow::Result<Vec<FetchedSeries>> {
+    release_series(quick)
+        .into_iter()
+        .map(|s| {
+            let versions = s.versions.iter().map(|v| fetch(v, s.path)).collect::<anyhow::Result<Vec<_>>>()?;
+            let (first, last) = (&s.versions[0], &s.versions[s.versions.len() - 1]);
+            Ok(FetchedSeries {
+                artifact: s.artifact,
+                kind: s.kind,
+                label: format!(
+                    "`{}` {} → {} ({} versions)",
+                    first.package,
+                    first.version,
+                    last.version,
+                    s.versions.len()
+                ),
+                versions,
+            })
+        })
+        .collect()
+}
+
 /// The release pairs, fetched (once) and verified.
 pub(crate) fn fetch_pairs(quick: bool) -> anyhow::Result<Vec<FetchedPair>> {
     release_pairs(quick)

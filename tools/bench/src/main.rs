@@ -36,7 +36,7 @@ struct Cli {
     #[arg(long, global = true)]
     quick: bool,
     /// Run only these benchmarks (comma-separated: pack, transfer, upload,
-    /// patches, republish, variants, gateway, watch, dashboard); their sections alone are
+    /// patches, storage, republish, variants, gateway, watch, dashboard); their sections alone are
     /// rewritten.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,

@@ -8,6 +8,7 @@ mod gateway;
 mod pack;
 mod patches;
 mod republish;
+mod storage;
 mod transfer;
 mod upload;
 mod variants;
@@ -28,13 +29,15 @@ pub(crate) enum Bench {
     Dashboard,
     Variants,
     Patches,
+    Storage,
 }
 
 impl Bench {
-    pub(crate) const ALL: [Bench; 9] = [
+    pub(crate) const ALL: [Bench; 10] = [
         Bench::Pack,
         Bench::Transfer,
         Bench::Patches,
+        Bench::Storage,
         Bench::Upload,
         Bench::Republish,
         Bench::Variants,
@@ -54,6 +57,7 @@ impl Bench {
             Bench::Dashboard => "dashboard",
             Bench::Variants => "variants",
             Bench::Patches => "patches",
+            Bench::Storage => "storage",
         }
     }
 
@@ -76,6 +80,7 @@ impl Bench {
             Bench::Dashboard => &[],
             Bench::Variants => &["curl", "tar"],
             Bench::Patches => &["zstd", "curl", "tar"],
+            Bench::Storage => &["curl", "tar"],
         }
     }
 
@@ -103,6 +108,7 @@ impl Bench {
             Bench::Dashboard => serde_json::to_value(Box::pin(dashboard::run(quick)).await?)?,
             Bench::Variants => serde_json::to_value(Box::pin(variants::run(quick)).await?)?,
             Bench::Patches => serde_json::to_value(Box::pin(patches::run(quick)).await?)?,
+            Bench::Storage => serde_json::to_value(Box::pin(storage::run(quick)).await?)?,
             Bench::Gateway => {
                 let Some(tenants) = param else { bail!("the gateway benchmark needs --param TENANTS") };
                 serde_json::to_value(Box::pin(gateway::run(quick, tenants)).await?)?
@@ -127,6 +133,7 @@ impl Bench {
             Bench::Dashboard => Ok(dashboard::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Variants => Ok(variants::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Patches => Ok(patches::render(&serde_json::from_value(one()?)?, quick)),
+            Bench::Storage => Ok(storage::render(&serde_json::from_value(one()?)?, quick)),
             Bench::Gateway => {
                 let runs = figures.iter().map(|f| serde_json::from_value(f.clone())).collect::<Result<Vec<_>, _>>()?;
                 gateway::render(&runs, quick)
