@@ -163,3 +163,29 @@ async fn collecting_a_file_takes_the_chunks_that_lived_only_there() {
     assert_whole(&stack, &m1).await;
     assert_eq!(objects(&stack, "chunks/").await.0, 0);
 }
+
+/// A claimed chunk whose bytes are nowhere (whatever lost them) counts as
+/// missing: the next publish sends it again, which repairs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_without_bytes_is_asked_for_again() {
+    let stack = Stack::start().await;
+    let acme = stack.tenant("acme").await;
+    let v1 = Release::new(2_000_000, 51);
+    let v2 = edited(&v1, 52);
+    let (m1, m2) = (v1.manifest("1.0.0"), v2.manifest("2.0.0"));
+    stack.publish(&acme, "acme", "1.0.0", &v1.artifacts()).await.unwrap();
+    let lost = m1.files().find(|f| f.path.as_str() == "crm.apk").unwrap().chunks[0].hash;
+    let client = stack.meta.client().await.unwrap();
+    let n = client.execute("DELETE FROM chunk_places WHERE hash = $1", &[&lost.as_bytes().as_slice()]).await.unwrap();
+    assert!(n > 0);
+
+    let sent = stack.publish(&acme, "acme", "2.0.0", &v2.artifacts()).await.unwrap();
+    let old: HashSet<Hash> = m1.unique_chunks().iter().map(|c| c.hash).collect();
+    let new = m2.unique_chunks().iter().filter(|c| !old.contains(&c.hash)).count() as u64;
+    assert_eq!(sent.chunks_sent, new + 1, "the new chunks and the lost one");
+    assert_whole(&stack, &m2).await;
+    assert!(matches!(
+        stack.meta.chunk_sources(&[lost]).await.unwrap().get(&lost),
+        Some(ferry_store::ChunkSource::Place { .. })
+    ));
+}

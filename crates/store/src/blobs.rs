@@ -38,8 +38,11 @@ use std::collections::HashMap;
 const PART_SIZE: usize = 8 * 1024 * 1024;
 /// SigV4 presigned URLs live at most a week.
 const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Chunks fetched ahead while assembling a file.
+/// Chunks (or ranges) fetched ahead while assembling a file.
 const ASSEMBLY_PREFETCH: usize = 16;
+/// The most one ranged read of placed chunks fetches (so a file's reads
+/// ahead hold at most 16 MiB).
+const RANGE_MAX: u64 = 1 << 20;
 
 /// How to reach S3 when not relying on the SDK's environment.
 #[derive(Clone)]
@@ -271,7 +274,7 @@ impl Blobs {
 
     /// The file's chunks, fetched ahead in order, each checked against its
     /// hash: placed chunks from the files holding them (consecutive ones of
-    /// one file in one ranged GET of up to [`PART_SIZE`]), the others from
+    /// one file in one ranged GET of up to [`RANGE_MAX`]), the others from
     /// their own objects.
     fn chunks_of(
         &self,
@@ -611,7 +614,7 @@ enum Read {
 }
 
 /// The reads that fetch `file`'s chunks in order: consecutive placed
-/// chunks of one file merged into one range of at most [`PART_SIZE`].
+/// chunks of one file merged into one range of at most [`RANGE_MAX`].
 fn plan_reads(file: &FileEntry, sources: &HashMap<Hash, ChunkSource>) -> Vec<Read> {
     let mut reads: Vec<Read> = Vec::new();
     for chunk in &file.chunks {
@@ -619,7 +622,7 @@ fn plan_reads(file: &FileEntry, sources: &HashMap<Hash, ChunkSource>) -> Vec<Rea
             Some(ChunkSource::Place { file: holder, offset }) => {
                 if let Some(Read::Range { file: last, start, chunks }) = reads.last_mut() {
                     let end = *start + chunks.iter().map(|(_, len)| u64::from(*len)).sum::<u64>();
-                    if last == holder && end == *offset && end - *start + u64::from(chunk.len) <= PART_SIZE as u64 {
+                    if last == holder && end == *offset && end - *start + u64::from(chunk.len) <= RANGE_MAX {
                         chunks.push((chunk.hash, chunk.len));
                         continue;
                     }

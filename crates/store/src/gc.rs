@@ -244,6 +244,15 @@ async fn collect(
         tx.execute("DELETE FROM tenant_files WHERE hash = ANY($1)", &[&hashes]).await?;
         // Chunks whose bytes were only in these files are gone with them,
         // and so are the claims on them (a later publish uploads them).
+        // The chunks first (whatever their state), so that a commit
+        // dropping their objects waits for this and then sees the places
+        // gone.
+        tx.execute(
+            "SELECT 1 FROM chunks c WHERE c.hash IN (SELECT hash FROM chunk_places WHERE file_hash = ANY($1)) \
+             ORDER BY c.hash FOR UPDATE",
+            &[&hashes],
+        )
+        .await?;
         let placed: Vec<Vec<u8>> = tx
             .query("DELETE FROM chunk_places WHERE file_hash = ANY($1) RETURNING hash", &[&hashes])
             .await?

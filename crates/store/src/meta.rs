@@ -167,6 +167,12 @@ pub struct DeployOutcome {
 /// The advisory lock key that serialises migrations ("ferry migrate").
 const MIGRATION_LOCK: i64 = 0x6665_7272_795f_6d67;
 
+/// Claims on chunks whose bytes are somewhere (their own object, or a
+/// place in a file): a claim on a chunk whose bytes were lost counts as
+/// missing, so the next publish sends it again and repairs it.
+pub(crate) const HELD_CHUNKS: &str = "(SELECT t.tenant_id, t.hash FROM tenant_chunks t JOIN chunks c ON c.hash = t.hash \
+     WHERE c.in_object OR EXISTS (SELECT 1 FROM chunk_places p WHERE p.hash = t.hash)) AS held";
+
 impl Meta {
     /// Brings the schema up to date. Safe to run from several processes at
     /// once (replicas starting together, a migration job): they take turns
@@ -478,11 +484,12 @@ impl Meta {
 
     /// Which of `hashes` this tenant already holds.
     pub async fn tenant_chunks(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashSet<Hash>, StoreError> {
-        self.hashes_present("tenant_chunks", Some(&[tenant_id]), hashes).await
+        self.hashes_present(HELD_CHUNKS, Some(&[tenant_id]), hashes).await
     }
 
     /// Which of `hashes` are rows of `table` (of any of `tenants`, if
-    /// given). `table` is one of this crate's constants, never input.
+    /// given). `table` is one of this crate's constants (a table, or
+    /// [`HELD_CHUNKS`]), never input.
     pub(crate) async fn hashes_present(
         &self,
         table: &'static str,

@@ -225,6 +225,16 @@ impl Meta {
         let client = self.client().await?;
         let bases: Vec<&[u8]> = pairs.iter().map(|(b, _)| b.as_bytes().as_slice()).collect();
         let targets: Vec<&[u8]> = pairs.iter().map(|(_, t)| t.as_bytes().as_slice()).collect();
+        // Pending first: a job finishing between the two reads is then
+        // counted as pending (the list is rebuilt soon), never missed.
+        let pending: i64 = client
+            .query_one(
+                "SELECT count(*) FROM unnest($1::bytea[], $2::bytea[]) AS w(base_hash, target_hash) \
+                 JOIN patch_jobs j USING (base_hash, target_hash) WHERE j.state = 'pending'",
+                &[&bases, &targets],
+            )
+            .await?
+            .get(0);
         let rows = client
             .query(
                 "SELECT p.base_hash, p.target_hash, p.algorithm, p.patch_hash, p.size \
@@ -238,14 +248,6 @@ impl Meta {
             let size = u64::try_from(row.get::<_, i64>(4)).unwrap_or_default();
             found.insert(key, PatchRow { algorithm: row.get(2), hash: hash_of(row.get(3))?, size });
         }
-        let pending: i64 = client
-            .query_one(
-                "SELECT count(*) FROM unnest($1::bytea[], $2::bytea[]) AS w(base_hash, target_hash) \
-                 JOIN patch_jobs j USING (base_hash, target_hash) WHERE j.state = 'pending'",
-                &[&bases, &targets],
-            )
-            .await?
-            .get(0);
         Ok((found, pending as usize))
     }
 

@@ -113,7 +113,9 @@ impl Meta {
 
     /// Marks the objects of those of `hashes` (all chunks when `None`) that
     /// have a place as no longer needed, and returns them: the caller then
-    /// deletes them.
+    /// deletes them. The places relied on are locked (`FOR KEY SHARE`): a
+    /// collection deleting them meanwhile is waited for, and then they no
+    /// longer count.
     async fn release_placed_objects(&self, hashes: Option<&[Hash]>) -> Result<Vec<Hash>, StoreError> {
         let client = self.client().await?;
         release_placed_objects(&client, hashes).await
@@ -156,7 +158,7 @@ async fn release_placed_objects(
             client
                 .query(
                     "UPDATE chunks c SET in_object = false WHERE c.hash = ANY($1) AND c.in_object \
-                         AND EXISTS (SELECT 1 FROM chunk_places p WHERE p.hash = c.hash) RETURNING c.hash",
+                         AND EXISTS (SELECT 1 FROM chunk_places p WHERE p.hash = c.hash FOR KEY SHARE) RETURNING c.hash",
                     &[&keys],
                 )
                 .await?
@@ -165,7 +167,7 @@ async fn release_placed_objects(
             client
                 .query(
                     "UPDATE chunks c SET in_object = false WHERE c.in_object \
-                         AND EXISTS (SELECT 1 FROM chunk_places p WHERE p.hash = c.hash) RETURNING c.hash",
+                         AND EXISTS (SELECT 1 FROM chunk_places p WHERE p.hash = c.hash FOR KEY SHARE) RETURNING c.hash",
                     &[],
                 )
                 .await?

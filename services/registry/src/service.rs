@@ -457,10 +457,11 @@ impl Registry {
                         }
                         None => this.meta.record_file(tenant_id, &file.hash, file.size).await?,
                     }
-                    // Read and checked just now: where its chunks are in it
-                    // (only in the registry's bucket, where later assemblies
-                    // read them).
-                    if !proved && location_id.is_none() {
+                    // Written from checked chunks just now: where its chunks
+                    // are in it (only in the registry's bucket, where later
+                    // assemblies read them). A file that existed is not read
+                    // here, so it places nothing.
+                    if !proved && !exists && location_id.is_none() {
                         let mut offset = 0u64;
                         let places: Vec<(Hash, u64)> = file
                             .chunks
