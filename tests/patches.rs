@@ -37,6 +37,21 @@ impl Env {
         Client::new(config).unwrap()
     }
 
+    /// The gateway's answer to a check of acme's crm with `query` added.
+    async fn answer(&self, query: &[(&str, &str)]) -> Value {
+        ferry_testkit::http()
+            .get(format!("{}/v1/check", self.gw.http))
+            .query(&[("tenant", "acme"), ("app", "crm")])
+            .query(query)
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Publishes (or deploys again) `version` and waits until the gateway
     /// answers with it.
     async fn deploy(&self, version: &str, release: Option<&Release>) {
@@ -116,16 +131,7 @@ async fn patches_are_made_offered_and_applied_in_both_directions() {
     assert_eq!((counts.get("done"), counts.get("skipped")), (Some(&4), Some(&3)), "{counts:?}");
 
     // The gateway offers them beside the whole files.
-    let answer: Value = ferry_testkit::http()
-        .get(format!("{}/v1/check", env.gw.http))
-        .query(&[("tenant", "acme"), ("app", "crm"), ("version", "1.0.0"), ("have", v1_id.as_str())])
-        .bearer_auth(&env.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = env.answer(&[("version", "1.0.0"), ("have", v1_id.as_str())]).await;
     let files = answer["artifacts"].as_array().unwrap();
     let patched: Vec<(&str, &Value)> =
         files.iter().filter_map(|f| Some((f["path"].as_str().unwrap(), f.get("patch")?))).collect();
@@ -217,16 +223,7 @@ async fn text_files_are_offered_compressed() {
     let counts = env.stack.meta.patch_job_counts().await.unwrap();
     assert_eq!((counts.get("done"), counts.get("skipped")), (Some(&1), Some(&2)), "{counts:?}");
 
-    let answer: Value = ferry_testkit::http()
-        .get(format!("{}/v1/check", env.gw.http))
-        .query(&[("tenant", "acme"), ("app", "crm"), ("version", "0.1.0")])
-        .bearer_auth(&env.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = env.answer(&[("version", "0.1.0")]).await;
     let files = answer["artifacts"].as_array().unwrap();
     let offered: Vec<&Value> = files.iter().filter(|f| f.get("compressed").is_some()).collect();
     assert_eq!(offered.len(), 1, "{answer}");

@@ -150,15 +150,7 @@ async fn phone_bytes(
     applied: &mut tokio::sync::broadcast::Receiver<ferry_store::Change>,
 ) -> anyhow::Result<(u64, u64)> {
     loop {
-        let answer: Value = ferry_testkit::http()
-            .get(format!("{gateway}/v1/check"))
-            .query(&[("tenant", tenant), ("app", "crm"), ("version", current), ("have", have)])
-            .bearer_auth(key)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let answer = check(gateway, key, &[("tenant", tenant), ("version", current), ("have", have)]).await?;
         if answer["target"] == target {
             let files = answer["artifacts"].as_array().context("no artifacts in the answer")?;
             let size = |f: &Value| f["size"].as_u64().unwrap_or(0);
@@ -173,18 +165,24 @@ async fn phone_bytes(
     }
 }
 
-/// A new phone installing the deployed release (no `have`): (bytes of the
-/// files listed, bytes it downloads taking every compressed copy offered).
-async fn first_install(gateway: &str, key: &str, tenant: &str) -> anyhow::Result<(u64, u64)> {
-    let answer: Value = ferry_testkit::http()
+/// The gateway's answer to a check of app `crm` with `query`.
+async fn check(gateway: &str, key: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
+    Ok(ferry_testkit::http()
         .get(format!("{gateway}/v1/check"))
-        .query(&[("tenant", tenant), ("app", "crm"), ("version", "0.0.1")])
+        .query(&[("app", "crm")])
+        .query(query)
         .bearer_auth(key)
         .send()
         .await?
         .error_for_status()?
         .json()
-        .await?;
+        .await?)
+}
+
+/// A new phone installing the deployed release (no `have`): (bytes of the
+/// files listed, bytes it downloads taking every compressed copy offered).
+async fn first_install(gateway: &str, key: &str, tenant: &str) -> anyhow::Result<(u64, u64)> {
+    let answer = check(gateway, key, &[("tenant", tenant), ("version", "0.0.1")]).await?;
     let files = answer["artifacts"].as_array().context("no artifacts in the answer")?;
     let size = |f: &Value| f["size"].as_u64().unwrap_or(0);
     let whole = files.iter().map(size).sum();
