@@ -321,3 +321,67 @@ async fn patch_jobs_are_leased_taken_over_given_up_and_queued_again() {
     assert_eq!((offered.len(), pending), (1, 0));
     assert_eq!(meta.enqueue_patches(&[pair]).await.unwrap(), 0, "done jobs stay done");
 }
+
+/// Once an app deploys another release, patches between releases that are
+/// neither the deployed one nor its bases are collected (rows, jobs and
+/// objects); deploying an old release again makes its patches anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_no_client_is_offered_are_collected() {
+    let env = env().await;
+    let v1 = Release::new(1_000_000, 7);
+    let v2 = edited(&v1);
+    let v3 = Release::new(1_000_000, 9);
+    let mut apk = std::fs::read(&v2.apk).unwrap();
+    apk[200_000..230_000].copy_from_slice(&noise(30_000, 90));
+    std::fs::write(&v3.apk, apk).unwrap();
+    for path in ["index.html", "assets/app.js", "assets/vendor.js"] {
+        std::fs::copy(v2.web.join(path), v3.web.join(path)).unwrap();
+    }
+    env.deploy("1.0.0", Some(&v1)).await;
+    env.deploy("2.0.0", Some(&v2)).await;
+    env.deploy("3.0.0", Some(&v3)).await;
+    env.stack.make_patches().await;
+    let (meta, blobs) = (&env.stack.meta, &env.stack.blobs);
+    let pairs = |rows: Vec<tokio_postgres::Row>| -> Vec<(Hash, Hash)> {
+        rows.iter()
+            .map(|r| {
+                let h = |i| Hash::from_bytes(<[u8; 32]>::try_from(r.get::<_, &[u8]>(i)).unwrap());
+                (h(0), h(1))
+            })
+            .collect()
+    };
+    let client = meta.client().await.unwrap();
+    let before = pairs(client.query("SELECT base_hash, target_hash FROM patches", &[]).await.unwrap());
+    let (a1, a2, a3) = (hash(&v1.apk), hash(&v2.apk), hash(&v3.apk));
+    for pair in [(a1, a2), (a2, a1), (a2, a3), (a3, a2), (a1, a3), (a3, a1)] {
+        assert!(before.contains(&pair), "{pair:?} made");
+    }
+
+    // With one base, 3.0.0's window is 3.0.0 and 2.0.0: every patch from
+    // or to 1.0.0 goes (the app.js ones too), with its job and object.
+    let report = ferry_store::collect_patches(meta, blobs, 1, std::time::Duration::ZERO).await.unwrap();
+    let after = pairs(client.query("SELECT base_hash, target_hash FROM patches", &[]).await.unwrap());
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.contains(&(a2, a3)) && after.contains(&(a3, a2)), "{after:?}");
+    assert_eq!(report.patches as usize, before.len() - 2, "{report}");
+    let listed =
+        env.stack.s3.client().list_objects_v2().bucket(blobs.bucket()).prefix("patches/").send().await.unwrap();
+    assert_eq!(listed.key_count().unwrap_or(0), 2, "objects of collected patches are deleted");
+    let jobs: i64 = client
+        .query_one(
+            "SELECT count(*) FROM patch_jobs WHERE base_hash = $1 OR target_hash = $1",
+            &[&a1.as_bytes().as_slice()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 0);
+    let again = ferry_store::collect_patches(meta, blobs, 1, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(again.patches, 0, "{again}");
+
+    // Rolling back to 1.0.0 makes its patches again.
+    env.deploy("1.0.0", None).await;
+    assert!(env.stack.make_patches().await >= 4);
+    let now = pairs(client.query("SELECT base_hash, target_hash FROM patches", &[]).await.unwrap());
+    assert!(now.contains(&(a3, a1)) && now.contains(&(a1, a3)), "{now:?}");
+}

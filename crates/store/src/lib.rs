@@ -27,6 +27,6 @@ pub use meta::{
     AppReleases, Authenticated, CommitOptions, CommitOutcome, DatabaseUrl, DeployOutcome, KeyRecord, Meta, Principal,
     ReleaseRow, SavedManifest, connect, ensure_same_release,
 };
-pub use patches::{PatchJob, PatchOutcome, PatchPair, PatchRow, empty_file};
+pub use patches::{PatchGcReport, PatchJob, PatchOutcome, PatchPair, PatchRow, collect_patches, empty_file};
 pub use places::{ChunkSource, drop_placed_chunk_objects};
 pub use publishers::PublisherRecord;

@@ -323,3 +323,158 @@ impl Meta {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
+
+/// The advisory lock key that serialises patch collections ("ferry pgc").
+const PATCH_GC_LOCK: i64 = 0x6665_7272_7970_6763;
+
+/// What a patch collection freed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatchGcReport {
+    /// False when another replica was collecting: nothing was done.
+    pub ran: bool,
+    /// Patches no longer offered (rows), and the objects and bytes freed.
+    pub patches: u64,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for PatchGcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.ran {
+            return f.write_str("another registry is collecting patches; nothing done");
+        }
+        write!(f, "freed {} unused patches ({} objects, {} bytes)", self.patches, self.objects, self.bytes)
+    }
+}
+
+/// Deletes the patches no client is offered any more. A deploy makes
+/// patches between the deployed release and its `bases` most recently
+/// deployed and published releases (both ways); once an app deploys
+/// another release, the patches between releases that are not the
+/// deployed one and its bases serve nobody. A patch older than `grace` is
+/// kept while, for some app, one of its files is in the deployed release
+/// and the other in that release or one of its bases; compressed files
+/// (patches from the empty file) serve every release and are kept. The
+/// pair's job goes too, so a later deploy of those releases makes the
+/// patch again. One collection at a time across replicas (an advisory
+/// lock).
+pub async fn collect_patches(
+    meta: &Meta,
+    blobs: &crate::Blobs,
+    bases: usize,
+    grace: Duration,
+) -> Result<PatchGcReport, StoreError> {
+    let mut client = meta.client().await?;
+    let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&PATCH_GC_LOCK]).await?.get(0);
+    if !locked {
+        return Ok(PatchGcReport::default());
+    }
+    let result = collect_unused_patches(meta, &mut client, blobs, bases, grace).await;
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&PATCH_GC_LOCK]).await;
+    result
+}
+
+async fn collect_unused_patches(
+    meta: &Meta,
+    client: &mut deadpool_postgres::Object,
+    blobs: &crate::Blobs,
+    bases: usize,
+    grace: Duration,
+) -> Result<PatchGcReport, StoreError> {
+    let mut report = PatchGcReport { ran: true, ..PatchGcReport::default() };
+    // Per app: the deployed release's files, and those of it and its bases.
+    let files_of = |tenant_id: i64, id: ManifestId| async move {
+        let body = meta
+            .load_manifest(tenant_id, id)
+            .await?
+            .ok_or_else(|| StoreError::Integrity(format!("the manifest {id} of a release is missing")))?;
+        let manifest = ferry_release::Manifest::decode(&body)
+            .map_err(|e| StoreError::Integrity(format!("a stored manifest does not decode: {e}")))?;
+        Ok::<std::collections::HashSet<Hash>, StoreError>(manifest.files().map(|f| f.hash).collect())
+    };
+    let mut windows = Vec::new();
+    let deployed = client
+        .query(
+            "SELECT a.id, r.tenant_id, r.manifest_id FROM apps a JOIN releases r ON r.id = a.deployed_release_id",
+            &[],
+        )
+        .await?;
+    for row in deployed {
+        let id = ManifestId::from_slice(row.get(2))
+            .ok_or_else(|| StoreError::Integrity("stored manifest id is not 32 bytes".into()))?;
+        let current = files_of(row.get(1), id).await?;
+        let mut window = current.clone();
+        for (tenant_id, base, _) in meta.patch_bases(row.get(0), id, bases).await? {
+            window.extend(files_of(tenant_id, base).await?);
+        }
+        windows.push((current, window));
+    }
+    let offered = |base: &Hash, target: &Hash| {
+        windows.iter().any(|(current, window)| {
+            (current.contains(target) && window.contains(base)) || (current.contains(base) && window.contains(target))
+        })
+    };
+    let empty = empty_file();
+    let rows = client
+        .query(
+            "SELECT base_hash, target_hash FROM patches \
+             WHERE base_hash <> $1 AND created_at < now() - make_interval(secs => $2)",
+            &[&empty.as_bytes().as_slice(), &grace.as_secs_f64()],
+        )
+        .await?;
+    let mut unused = Vec::new();
+    for row in rows {
+        let (base, target) = (hash_of(row.get(0))?, hash_of(row.get(1))?);
+        if !offered(&base, &target) {
+            unused.push((base, target));
+        }
+    }
+    for batch in unused.chunks(1000) {
+        let bases: Vec<&[u8]> = batch.iter().map(|(b, _)| b.as_bytes().as_slice()).collect();
+        let targets: Vec<&[u8]> = batch.iter().map(|(_, t)| t.as_bytes().as_slice()).collect();
+        let tx = client.transaction().await?;
+        let gone = tx
+            .query(
+                "DELETE FROM patches p USING unnest($1::bytea[], $2::bytea[]) AS u(b, t) \
+                 WHERE p.base_hash = u.b AND p.target_hash = u.t RETURNING p.patch_hash, p.size",
+                &[&bases, &targets],
+            )
+            .await?;
+        tx.execute(
+            "DELETE FROM patch_jobs j USING unnest($1::bytea[], $2::bytea[]) AS u(b, t) \
+             WHERE j.base_hash = u.b AND j.target_hash = u.t",
+            &[&bases, &targets],
+        )
+        .await?;
+        report.patches += gone.len() as u64;
+        // Patches are content-addressed: an object another row still
+        // names stays.
+        let hashes: Vec<&[u8]> = gone.iter().map(|r| r.get::<_, &[u8]>(0)).collect();
+        let still: std::collections::HashSet<Vec<u8>> = tx
+            .query("SELECT patch_hash FROM patches WHERE patch_hash = ANY($1)", &[&hashes])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut deleted = std::collections::HashSet::new();
+        for row in &gone {
+            let hash: &[u8] = row.get(0);
+            if still.contains(hash) || !deleted.insert(hash.to_vec()) {
+                continue;
+            }
+            blobs.delete(crate::blobs::patch_key(&hash_of(hash)?)).await?;
+            report.objects += 1;
+            report.bytes += row.get::<_, i64>(1).max(0) as u64;
+        }
+        tx.commit().await?;
+    }
+    if report.patches > 0 {
+        tracing::info!(
+            patches = report.patches,
+            objects = report.objects,
+            bytes = report.bytes,
+            "unused patches collected"
+        );
+    }
+    Ok(report)
+}

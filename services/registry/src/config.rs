@@ -218,7 +218,12 @@ pub struct GcConfig {
     #[arg(long, env = "FERRY_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub s3_path_style: bool,
 
-    /// Seconds an unreferenced manifest, chunk or file is kept.
+    /// Seconds an unreferenced manifest, chunk, file or patch is kept.
     #[arg(long, env = "FERRY_GC_GRACE_SECONDS", default_value_t = 86_400)]
     pub gc_grace_seconds: u64,
+
+    /// As `serve`'s: patches between a deployed release and this many
+    /// bases are kept, the rest collected.
+    #[arg(long, env = "FERRY_PATCH_BASES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=50))]
+    pub patch_bases: u64,
 }

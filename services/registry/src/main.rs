@@ -53,6 +53,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let grace = std::time::Duration::from_secs(config.gc_grace_seconds);
             let report = ferry_store::collect_garbage(&meta, &blobs, grace).await?;
             report_line(&report.to_string());
+            let patches = ferry_store::collect_patches(&meta, &blobs, config.patch_bases as usize, grace).await?;
+            report_line(&patches.to_string());
             Ok(())
         }
         Command::Admin { database, command } => {

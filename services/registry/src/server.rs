@@ -97,6 +97,10 @@ async fn collect_garbage_every(registry: Registry, interval: Duration) {
         if let Err(e) = ferry_store::collect_garbage(registry.meta(), registry.blobs(), grace).await {
             tracing::warn!(error = %ferry_proto::error_chain(&e), "garbage collection failed; trying again next time");
         }
+        let bases = registry.settings().patches.bases;
+        if let Err(e) = ferry_store::collect_patches(registry.meta(), registry.blobs(), bases, grace).await {
+            tracing::warn!(error = %ferry_proto::error_chain(&e), "collecting unused patches failed; trying again next time");
+        }
         // Deleting old reports is idempotent: replicas need no turn-taking.
         match ferry_reports::delete_older_than(registry.meta(), registry.settings().report_retention).await {
             Ok(0) => {}
