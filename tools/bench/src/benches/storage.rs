@@ -7,7 +7,9 @@
 //! uploads: every uploaded chunk kept as its own object beside the files
 //! (one PUT each), and files assembled by reading every chunk back (one GET
 //! each). "After" is measured: the S3 server counts every request it serves,
-//! by method, during the publishes (patch making is counted apart).
+//! by method, during the publishes (patch making is counted apart). Last,
+//! garbage collection of unused patches runs (default bases) and what is
+//! left is counted again.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -52,6 +54,10 @@ pub(crate) struct Figures {
     before: RequestCounts,
     /// Measured while making patches.
     patch_requests: RequestCounts,
+    /// After garbage collection of unused patches (default bases, 3): the
+    /// patches left, in the tables and in the bucket.
+    patch_bytes_kept: u64,
+    stored_patches_kept: u64,
 }
 
 pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
@@ -120,6 +126,11 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
         prefix_bytes(&stack, "chunks/").await?,
         prefix_bytes(&stack, "patches/").await?,
     );
+    let bases = ferry_registry::patcher::PatchSettings::default().bases;
+    ferry_store::collect_patches(meta, &stack.blobs, bases, std::time::Duration::ZERO).await?;
+    let patch_bytes_kept =
+        sum("SELECT COALESCE(sum(size), 0)::bigint FROM (SELECT DISTINCT patch_hash, size FROM patches) p").await?;
+    let stored_patches_kept = prefix_bytes(&stack, "patches/").await?;
     Ok(Figures {
         series: series.iter().map(|s| format!("{} ({}): {}", s.artifact, s.kind, s.label)).collect(),
         releases,
@@ -135,6 +146,8 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
         requests,
         before,
         patch_requests,
+        patch_bytes_kept,
+        stored_patches_kept,
     })
 }
 
@@ -205,6 +218,19 @@ pub(crate) fn render(f: &Figures, quick: bool) -> Section {
         thousands(f.stored_patches),
         format!("**{}**", thousands(after)),
         ratio(after),
+    ]);
+    let kept = f.stored_files + f.stored_chunks + f.stored_patches_kept;
+    stored.row(vec![
+        "ferry now, unused patches collected".into(),
+        thousands(f.stored_files),
+        thousands(f.stored_chunks),
+        thousands(f.stored_patches_kept),
+        thousands(kept),
+        format!(
+            "{} (of files + patches kept: {:.2})",
+            ratio(kept),
+            kept as f64 / (f.unique_file_bytes + f.patch_bytes_kept).max(1) as f64
+        ),
     ]);
     s.tables.push(stored);
     let mib = f.bytes_published as f64 / (1u64 << 20) as f64;
