@@ -155,7 +155,12 @@ async fn registry_killed_at_random_points_loses_nothing() {
         let artifacts = [("mobile", apk.as_path()), ("api", api.as_path())];
 
         let mut registry = spawn_registry(&stack);
-        let conn = ferry_agent::Connection { url: registry.url.clone(), token: token.clone(), ca_cert: None };
+        let conn = ferry_agent::Connection {
+            url: registry.url.clone(),
+            token: token.clone(),
+            ca_cert: None,
+            proxy: ferry_agent::Proxy::none(),
+        };
         let kill_after = Duration::from_millis(rng.below(400));
         let publish = publish_to(&conn, "acme", &version, &artifacts, true);
         let outcome = tokio::select! {
@@ -178,7 +183,12 @@ async fn registry_killed_at_random_points_loses_nothing() {
         // Publishing again (to a fresh registry) completes, and the result
         // is whole.
         let registry = spawn_registry(&stack);
-        let conn = ferry_agent::Connection { url: registry.url.clone(), token: token.clone(), ca_cert: None };
+        let conn = ferry_agent::Connection {
+            url: registry.url.clone(),
+            token: token.clone(),
+            ca_cert: None,
+            proxy: ferry_agent::Proxy::none(),
+        };
         publish_to(&conn, "acme", &version, &artifacts, true).await.unwrap_or_else(|e| panic!("{version} again: {e}"));
         assert!(whole_or_absent(&stack, &version).await, "{version} is published");
     }

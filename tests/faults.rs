@@ -66,7 +66,12 @@ async fn releases_are_whole(stack: &Stack, tenant: &str, versions: &[&str]) {
 /// retryable with nothing visible; the same publish through the stack's own
 /// registry then completes, whole.
 async fn fails_then_completes(stack: &Stack, token: &str, url: &str, version: &str, release: &Release) {
-    let conn = ferry_agent::Connection { url: url.to_owned(), token: token.to_owned(), ca_cert: None };
+    let conn = ferry_agent::Connection {
+        url: url.to_owned(),
+        token: token.to_owned(),
+        ca_cert: None,
+        proxy: ferry_agent::Proxy::none(),
+    };
     let err = publish_to(&conn, "acme", version, &release.artifacts(), true).await.unwrap_err();
     assert!(err.is_retryable(), "{version}: {err}");
     let app = stack.app_id("acme").await;
@@ -122,7 +127,8 @@ async fn publish_completes_over_slow_links() {
     let (url, _stop) = registry(meta, blobs_through(&s3, &stack)).await;
     let agent_link =
         Relay::start_with(Target::Tcp(url.trim_start_matches("http://").parse().unwrap()), slow).await.unwrap();
-    let conn = ferry_agent::Connection { url: agent_link.url(), token, ca_cert: None };
+    let conn =
+        ferry_agent::Connection { url: agent_link.url(), token, ca_cert: None, proxy: ferry_agent::Proxy::none() };
     let release = Release::new(3 * 1024 * 1024, 103);
     let done = publish_to(&conn, "acme", "3.0.0", &release.artifacts(), true).await.unwrap();
     assert!(done.created);

@@ -216,7 +216,7 @@ impl Stack {
     }
 
     pub fn connection(&self, token: &str) -> Connection {
-        Connection { url: self.url.clone(), token: token.to_owned(), ca_cert: None }
+        Connection { url: self.url.clone(), token: token.to_owned(), ca_cert: None, proxy: ferry_agent::Proxy::none() }
     }
 
     /// Publishes `artifacts` as `tenant`/crm `version` with `token`.

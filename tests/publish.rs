@@ -107,7 +107,12 @@ async fn interrupted_publish_resumes_sending_only_missing_chunks() {
     let token = stack.tenant("acme").await;
     let release = Release::new(12 * 1024 * 1024, 4);
     let relay = Relay::start(stack.addr, Some(6 * 1024 * 1024)).await.unwrap();
-    let via_relay = ferry_agent::Connection { url: relay.url(), token: token.clone(), ca_cert: None };
+    let via_relay = ferry_agent::Connection {
+        url: relay.url(),
+        token: token.clone(),
+        ca_cert: None,
+        proxy: ferry_agent::Proxy::none(),
+    };
 
     let cut = publish_to(&via_relay, "acme", "1.0.0", &release.artifacts(), false).await.unwrap_err();
     assert!(cut.is_retryable(), "{cut}");
@@ -359,7 +364,12 @@ async fn registry_that_is_down_is_reported_as_unreachable() {
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", socket.local_addr().unwrap());
     let release = Release::new(10_000, 14);
-    let conn = ferry_agent::Connection { url: url.clone(), token: "x".into(), ca_cert: None };
+    let conn = ferry_agent::Connection {
+        url: url.clone(),
+        token: "x".into(),
+        ca_cert: None,
+        proxy: ferry_agent::Proxy::none(),
+    };
     let err = publish_to(&conn, "acme", "1.0.0", &release.artifacts(), false).await.unwrap_err();
     assert!(matches!(err, AgentError::Connect { .. }), "{err}");
     assert!(err.to_string().contains(&url), "{err}");
@@ -376,11 +386,17 @@ async fn publish_over_tls_with_a_private_ca() {
     std::fs::write(&ca, ca_pem).unwrap();
     let release = Release::new(100_000, 15);
 
-    let trusted = ferry_agent::Connection { url: stack.url.clone(), token: token.clone(), ca_cert: Some(ca) };
+    let trusted = ferry_agent::Connection {
+        url: stack.url.clone(),
+        token: token.clone(),
+        ca_cert: Some(ca),
+        proxy: ferry_agent::Proxy::none(),
+    };
     let done = publish_to(&trusted, "acme", "1.0.0", &release.artifacts(), false).await.unwrap();
     assert!(done.created);
 
-    let untrusted = ferry_agent::Connection { url: stack.url.clone(), token, ca_cert: None };
+    let untrusted =
+        ferry_agent::Connection { url: stack.url.clone(), token, ca_cert: None, proxy: ferry_agent::Proxy::none() };
     let err = publish_to(&untrusted, "acme", "1.0.0", &release.artifacts(), false).await.unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, AgentError::Connect { .. } | AgentError::Rpc { code: Code::Unavailable, .. }), "{err}");

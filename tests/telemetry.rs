@@ -53,8 +53,12 @@ fn agent_child() {
     let env = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the parent"));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let code = rt.block_on(ferry_telemetry::run_main("ferry-agent", "info", async {
-        let conn =
-            ferry_agent::Connection { url: env("FERRY_REGISTRY_URL"), token: env("FERRY_AGENT_TOKEN"), ca_cert: None };
+        let conn = ferry_agent::Connection {
+            url: env("FERRY_REGISTRY_URL"),
+            token: env("FERRY_AGENT_TOKEN"),
+            ca_cert: None,
+            proxy: ferry_agent::Proxy::none(),
+        };
         let dir = std::path::PathBuf::from(env("RELEASE_DIR"));
         let request = ferry_agent::PublishRequest {
             tenant: ferry_release::Name::parse("tenant", "acme")?,

@@ -5,6 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry_proto::registry::v1::registry_client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -29,11 +32,47 @@ pub struct Connection {
     pub token: String,
     /// PEM file of a private CA to trust for `https://`, besides the system's.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// Which proxy, if any, the connection goes through.
+    pub proxy: Proxy,
+}
+
+/// The HTTP proxy rules the connection follows: those of `HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (and their lowercase forms) as
+/// curl reads them, or none. The registry is reached through an HTTP
+/// `CONNECT` tunnel on the proxy, so TLS stays end to end.
+#[derive(Clone, Default)]
+pub struct Proxy(Option<std::sync::Arc<Matcher>>);
+
+impl Proxy {
+    /// No proxy.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// The rules of the environment (`HTTPS_PROXY` for `https://`
+    /// registries, `HTTP_PROXY` for `http://`, `NO_PROXY` exempting hosts).
+    pub fn from_env() -> Self {
+        Self(Some(std::sync::Arc::new(Matcher::from_env())))
+    }
+
+    /// Explicit rules, with the variables' syntax (tools and tests).
+    pub fn from_values(https: &str, http: &str, no: &str) -> Self {
+        Self(Some(std::sync::Arc::new(Matcher::builder().https(https).http(http).no(no).build())))
+    }
+
+    /// The proxy for `url` (`None`: connect directly).
+    fn intercept(&self, url: &http::Uri) -> Option<Intercept> {
+        self.0.as_ref()?.intercept(url)
+    }
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("url", &self.url).field("ca_cert", &self.ca_cert).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("url", &self.url)
+            .field("ca_cert", &self.ca_cert)
+            .field("proxy", &self.proxy.0.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,8 +106,37 @@ impl Connection {
             }
             endpoint = endpoint.tls_config(config).map_err(|e| url_err(&chain(&e)))?;
         }
-        let channel =
-            endpoint.connect().await.map_err(|e| AgentError::Connect { url: self.url.clone(), reason: chain(&e) })?;
+        let connect_err = |e: tonic::transport::Error| AgentError::Connect { url: self.url.clone(), reason: chain(&e) };
+        let channel = match self.proxy.intercept(endpoint.uri()) {
+            None => endpoint.connect().await.map_err(connect_err)?,
+            Some(proxy) => {
+                let via = proxy.uri().clone();
+                // Never the proxy's credentials in messages.
+                let shown = format!(
+                    "{}://{}",
+                    via.scheme_str().unwrap_or("http"),
+                    via.authority().map_or("", |a| a.as_str().rsplit('@').next().unwrap_or(""))
+                );
+                if via.scheme_str() != Some("http") {
+                    return Err(AgentError::Proxy {
+                        proxy: shown,
+                        reason: "only http:// proxies are supported (the tunnel carries TLS to the registry)".into(),
+                    });
+                }
+                let mut tcp = HttpConnector::new();
+                tcp.set_connect_timeout(Some(Duration::from_secs(15)));
+                tcp.set_nodelay(true);
+                let mut tunnel = Tunnel::new(via, tcp);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                tracing::debug!(proxy = %shown, "connecting to the registry through a proxy");
+                endpoint
+                    .connect_with_connector(tunnel)
+                    .await
+                    .map_err(|e| AgentError::Proxy { proxy: shown, reason: chain(&e) })?
+            }
+        };
         let header: MetadataValue<_> =
             format!("Bearer {}", self.token.trim()).parse().map_err(|_| AgentError::Token)?;
         let auth: Auth = Box::new(move |mut req: tonic::Request<()>| {

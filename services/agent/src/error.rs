@@ -17,6 +17,10 @@ pub enum AgentError {
     Token,
     #[error("cannot reach the registry at {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error(
+        "cannot reach the registry through the proxy {proxy} (HTTPS_PROXY/HTTP_PROXY; NO_PROXY exempts hosts): {reason}"
+    )]
+    Proxy { proxy: String, reason: String },
     #[error("{step}: {message}")]
     Rpc { step: &'static str, code: tonic::Code, message: String },
     #[error("{path} changed while publishing; run the publish again to pack it anew")]
@@ -53,7 +57,7 @@ impl AgentError {
     /// the registry being down), as opposed to an answer that will not change.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AgentError::Connect { .. } => true,
+            AgentError::Connect { .. } | AgentError::Proxy { .. } => true,
             AgentError::Rpc { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable

@@ -11,7 +11,7 @@ mod progress;
 mod publish;
 pub mod variants;
 
-pub use client::{Connection, RegistryClient};
+pub use client::{Connection, Proxy, RegistryClient};
 pub use error::AgentError;
 pub use progress::Progress;
 pub use publish::{ArtifactSummary, DeploySummary, PublishRequest, PublishSummary, deploy, deploy_with, publish};

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 
 use ferry_agent::variants::{LinkMode, Variants, VariantsError, VariantsRequest, VariantsSummary};
-use ferry_agent::{Connection, Progress, PublishRequest, PublishSummary};
+use ferry_agent::{Connection, Progress, Proxy, PublishRequest, PublishSummary};
 use ferry_release::{ArtifactSpec, Name, parse_version};
 
 #[derive(Parser)]
@@ -157,7 +157,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let variants = load_variants(&file)?;
             let mut problems = Vec::new();
             if let (false, Some(url), Some(token)) = (offline, registry, token) {
-                let conn = Connection { url, token, ca_cert };
+                let conn = Connection { url, token, ca_cert, proxy: Proxy::from_env() };
                 problems = ferry_agent::variants::check_tenants(&conn, &variants).await?;
             }
             if !problems.is_empty() {
@@ -224,8 +224,12 @@ async fn publish_variants(
         retries,
         compatible: target.compatible.clone(),
     };
-    let conn =
-        Connection { url: target.registry.clone(), token: target.token.clone(), ca_cert: target.ca_cert.clone() };
+    let conn = Connection {
+        url: target.registry.clone(),
+        token: target.token.clone(),
+        ca_cert: target.ca_cert.clone(),
+        proxy: Proxy::from_env(),
+    };
     let progress = if target.json { Progress::hidden() } else { Progress::stderr() };
     let summary = ferry_agent::variants::publish_variants(&conn, &req, &progress).await?;
     if target.json {
@@ -264,7 +268,12 @@ fn parse_compatible(value: &str) -> Result<semver::VersionReq, String> {
 }
 
 fn parse_target(t: &Target) -> anyhow::Result<(Connection, Name, Name, semver::Version)> {
-    let conn = Connection { url: t.registry.clone(), token: t.token.clone(), ca_cert: t.ca_cert.clone() };
+    let conn = Connection {
+        url: t.registry.clone(),
+        token: t.token.clone(),
+        ca_cert: t.ca_cert.clone(),
+        proxy: Proxy::from_env(),
+    };
     let Some(tenant) = &t.tenant else { anyhow::bail!("name the tenant: --tenant or FERRY_TENANT") };
     let Some(app) = &t.app else { anyhow::bail!("name the app: --app or FERRY_APP") };
     Ok((conn, Name::parse("tenant", tenant)?, Name::parse("app", app)?, parse_version(&t.version)?))

@@ -54,7 +54,8 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
             .await
             .with_context(|| format!("publishing {} version 1", pair.artifact))?;
         let relay = Relay::start(stack.addr, None).await?;
-        let via_relay = ferry_agent::Connection { url: relay.url(), token, ca_cert: None };
+        let via_relay =
+            ferry_agent::Connection { url: relay.url(), token, ca_cert: None, proxy: ferry_agent::Proxy::none() };
         let summary = publish_to(&via_relay, &tenant, "2.0.0", &[(pair.artifact, &pair.v2)], true)
             .await
             .with_context(|| format!("publishing {} version 2", pair.artifact))?;
