@@ -56,11 +56,7 @@ impl Failure {
     }
 }
 
-pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    aws_smithy_types::DateTime::from(t)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
+pub(crate) use ferry_store::rfc3339;
 
 /// Folds the failures not folded yet, and sends the digests that are due.
 pub async fn fold(meta: &Meta, interval: Duration) -> Result<FoldReport, StoreError> {

@@ -14,6 +14,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request is valid but the state forbids it now (yanking the
+    /// deployed release, deploying a yanked one).
+    #[error("{0}")]
+    Precondition(String),
     /// What a caller sent does not add up (chunks that do not rebuild the
     /// file they claim to): the caller's fault.
     #[error("{0}")]
@@ -39,6 +43,7 @@ impl StoreError {
             StoreError::Unavailable { .. } => ErrorKind::Unavailable,
             StoreError::NotFound(_) => ErrorKind::NotFound,
             StoreError::Conflict(_) => ErrorKind::AlreadyExists,
+            StoreError::Precondition(_) => ErrorKind::FailedPrecondition,
             StoreError::Mismatch(_) => ErrorKind::InvalidArgument,
             StoreError::Integrity(_) | StoreError::Backend { .. } => ErrorKind::Internal,
         }

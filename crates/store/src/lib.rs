@@ -16,6 +16,7 @@ mod patches;
 mod pg_tls;
 mod places;
 mod publishers;
+mod releases;
 
 pub use blobs::{Blobs, S3Settings, chunk_key, file_key, patch_key};
 pub use changes::{Change, Notice, listen, listen_channel};
@@ -30,3 +31,12 @@ pub use meta::{
 pub use patches::{PatchGcReport, PatchJob, PatchOutcome, PatchPair, PatchRow, collect_patches, empty_file};
 pub use places::{ChunkSource, drop_placed_chunk_objects};
 pub use publishers::PublisherRecord;
+pub use releases::{DeployEvent, MAX_YANK_REASON, ReleaseInfo, YankOutcome};
+
+/// RFC 3339 UTC with seconds, e.g. `2026-11-22T10:15:00Z`: how every
+/// answer, message and listing shows a time.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    aws_smithy_types::DateTime::from(t)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}

@@ -361,7 +361,7 @@ impl Meta {
                  (SELECT max(id) FROM deployments WHERE app_id = a.id), \
                  l.id, l.bucket, l.prefix, l.public_endpoint FROM apps a \
                  LEFT JOIN releases d ON d.id = a.deployed_release_id \
-                 LEFT JOIN releases r ON r.app_id = a.id \
+                 LEFT JOIN releases r ON r.app_id = a.id AND r.yanked_at IS NULL \
                  LEFT JOIN manifests m ON m.tenant_id = r.tenant_id AND m.id = r.manifest_id \
                  LEFT JOIN locations l ON l.id = r.location_id \
                  WHERE a.tenant_id = $1 AND a.name = $2",
@@ -692,6 +692,16 @@ async fn record_deploy(
         )
         .await?
         .get::<_, Option<String>>(0);
+    // Under the app row's lock, as a yank checks the deployed release.
+    let yanked = tx
+        .query_one("SELECT version, yank_reason FROM releases WHERE id = $1", &[&release_id])
+        .await?;
+    if let Some(reason) = yanked.get::<_, Option<String>>(1) {
+        return Err(StoreError::Precondition(format!(
+            "version {} was yanked ({reason}); it cannot be deployed: publish a new version",
+            yanked.get::<_, String>(0)
+        )));
+    }
     tx.execute("UPDATE apps SET deployed_release_id = $2 WHERE id = $1", &[&app_id, &release_id]).await?;
     tx.execute("INSERT INTO deployments (app_id, release_id) VALUES ($1, $2)", &[&app_id, &release_id]).await?;
     Ok(previous)

@@ -348,12 +348,7 @@ pub struct ErrorBody {
     pub retry_after_seconds: Option<u64>,
 }
 
-/// RFC 3339 UTC with seconds, e.g. `2026-11-22T10:15:00Z`.
-pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    aws_smithy_types::DateTime::from(t)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
+pub(crate) use ferry_store::rfc3339;
 
 #[cfg(test)]
 mod tests {

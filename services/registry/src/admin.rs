@@ -5,11 +5,7 @@ use clap::Subcommand;
 use ferry_release::Name;
 use ferry_store::{ApiKey, KeyRole, Meta};
 
-fn rfc3339(t: std::time::SystemTime) -> String {
-    aws_smithy_types::DateTime::from(t)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
+use ferry_store::rfc3339;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AdminCommand {
