@@ -693,9 +693,7 @@ async fn record_deploy(
         .await?
         .get::<_, Option<String>>(0);
     // Under the app row's lock, as a yank checks the deployed release.
-    let yanked = tx
-        .query_one("SELECT version, yank_reason FROM releases WHERE id = $1", &[&release_id])
-        .await?;
+    let yanked = tx.query_one("SELECT version, yank_reason FROM releases WHERE id = $1", &[&release_id]).await?;
     if let Some(reason) = yanked.get::<_, Option<String>>(1) {
         return Err(StoreError::Precondition(format!(
             "version {} was yanked ({reason}); it cannot be deployed: publish a new version",

@@ -93,9 +93,10 @@ impl Meta {
             .await?
             .get(0);
         let row = tx
-            .query_opt("SELECT id, yanked_at IS NOT NULL FROM releases WHERE app_id = $1 AND version = $2", &[
-                &app_id, &version,
-            ])
+            .query_opt(
+                "SELECT id, yanked_at IS NOT NULL FROM releases WHERE app_id = $1 AND version = $2",
+                &[&app_id, &version],
+            )
             .await?;
         let Some(row) = row else {
             return Err(StoreError::NotFound(format!("version {version} is not published")));

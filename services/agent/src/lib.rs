@@ -9,10 +9,12 @@ mod client;
 mod error;
 mod progress;
 mod publish;
+mod releases;
 pub mod variants;
 
 pub use client::{Connection, Proxy, RegistryClient};
 pub use error::AgentError;
 pub use progress::Progress;
 pub use publish::{ArtifactSummary, DeploySummary, PublishRequest, PublishSummary, deploy, deploy_with, publish};
+pub use releases::{DeployLine, ReleaseLine, Releases, YankSummary, releases, yank};
 pub use variants::{LinkMode, Problem, Variants, VariantsError};

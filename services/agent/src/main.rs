@@ -49,6 +49,28 @@ struct Target {
     compatible: Option<semver::VersionReq>,
 }
 
+/// Where an app's releases are: for `status`, `releases` and `yank`.
+#[derive(Args)]
+struct AppTarget {
+    /// Registry URL: https://host:port, or http://host:port for local use.
+    #[arg(long, env = "FERRY_REGISTRY_URL")]
+    registry: String,
+    /// Agent key of the tenant, or a publisher key for it.
+    #[arg(long, env = "FERRY_AGENT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// PEM file of a private CA to trust for https:// registries.
+    #[arg(long, env = "FERRY_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    #[arg(long, env = "FERRY_TENANT")]
+    tenant: String,
+    /// App, e.g. crm.
+    #[arg(long, env = "FERRY_APP")]
+    app: String,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Packs artifacts and publishes them as a release, sending only new bytes.
@@ -78,6 +100,30 @@ enum Command {
     Deploy {
         #[command(flatten)]
         target: Target,
+    },
+    /// Shows the deployed version, the deploy history and how many
+    /// versions are published.
+    Status {
+        #[command(flatten)]
+        target: AppTarget,
+    },
+    /// Lists the published versions, newest first (deployed and yanked
+    /// ones marked).
+    Releases {
+        #[command(flatten)]
+        target: AppTarget,
+    },
+    /// Withdraws a published version: it stays stored but is no longer
+    /// offered to apps and cannot be deployed (not the deployed one).
+    Yank {
+        #[command(flatten)]
+        target: AppTarget,
+        /// The version to withdraw.
+        #[arg(long)]
+        version: String,
+        /// Why (kept with the release, shown by `releases`).
+        #[arg(long)]
+        reason: String,
     },
     /// Checks or renders a variants file (ferry.variants.toml).
     Variants {
@@ -151,6 +197,71 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     "deployed {}/{} {} (was {previous})",
                     summary.tenant, summary.app, summary.version
                 ));
+            }
+        }
+        Command::Status { target } => {
+            let (conn, tenant, app) = parse_app_target(&target)?;
+            let r = ferry_agent::releases(&conn, &tenant, &app).await?;
+            if target.json {
+                #[derive(serde::Serialize)]
+                struct Status<'a> {
+                    tenant: &'a str,
+                    app: &'a str,
+                    deployed_version: Option<&'a str>,
+                    history: &'a [ferry_agent::DeployLine],
+                    published: Vec<&'a str>,
+                }
+                print_json(&Status {
+                    tenant: &r.tenant,
+                    app: &r.app,
+                    deployed_version: r.deployed_version.as_deref(),
+                    history: &r.history,
+                    published: r
+                        .releases
+                        .iter()
+                        .filter(|l| l.yanked_at.is_none())
+                        .map(|l| l.version.as_str())
+                        .collect(),
+                })?;
+            } else {
+                let available = r.releases.iter().filter(|l| l.yanked_at.is_none()).count();
+                print_line(&format!(
+                    "{}/{}: deployed {}; {available} version(s) published, {} yanked",
+                    r.tenant,
+                    r.app,
+                    r.deployed_version.as_deref().unwrap_or("nothing"),
+                    r.releases.len() - available
+                ));
+                for d in &r.history {
+                    print_line(&format!("  {}  deployed {}", d.deployed_at, d.version));
+                }
+            }
+        }
+        Command::Releases { target } => {
+            let (conn, tenant, app) = parse_app_target(&target)?;
+            let r = ferry_agent::releases(&conn, &tenant, &app).await?;
+            if target.json {
+                print_json(&r)?;
+            } else {
+                for l in &r.releases {
+                    let state = match (&l.yanked_at, l.deployed) {
+                        (Some(at), _) => format!("yanked {at}: {}", l.yank_reason.as_deref().unwrap_or("")),
+                        (None, true) => "deployed".to_owned(),
+                        (None, false) => String::new(),
+                    };
+                    print_line(&format!("{}  {}  {}  {state}", l.version, l.published_at, &l.manifest_id[..12]));
+                }
+            }
+        }
+        Command::Yank { target, version, reason } => {
+            let (conn, tenant, app) = parse_app_target(&target)?;
+            let summary = ferry_agent::yank(&conn, &tenant, &app, &parse_version(&version)?, &reason).await?;
+            if target.json {
+                print_json(&summary)?;
+            } else if summary.already_yanked {
+                print_line(&format!("{}/{} {} was already yanked", summary.tenant, summary.app, summary.version));
+            } else {
+                print_line(&format!("yanked {}/{} {}", summary.tenant, summary.app, summary.version));
             }
         }
         Command::Variants { command: VariantsCommand::Check { file, registry, token, ca_cert, offline } } => {
@@ -277,6 +388,16 @@ fn parse_target(t: &Target) -> anyhow::Result<(Connection, Name, Name, semver::V
     let Some(tenant) = &t.tenant else { anyhow::bail!("name the tenant: --tenant or FERRY_TENANT") };
     let Some(app) = &t.app else { anyhow::bail!("name the app: --app or FERRY_APP") };
     Ok((conn, Name::parse("tenant", tenant)?, Name::parse("app", app)?, parse_version(&t.version)?))
+}
+
+fn parse_app_target(t: &AppTarget) -> anyhow::Result<(Connection, Name, Name)> {
+    let conn = Connection {
+        url: t.registry.clone(),
+        token: t.token.clone(),
+        ca_cert: t.ca_cert.clone(),
+        proxy: Proxy::from_env(),
+    };
+    Ok((conn, Name::parse("tenant", &t.tenant)?, Name::parse("app", &t.app)?))
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

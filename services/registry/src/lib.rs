@@ -12,6 +12,7 @@ mod launch;
 pub mod metrics;
 mod ops;
 pub mod patcher;
+mod releases;
 mod server;
 mod service;
 

@@ -80,7 +80,7 @@ pub struct Registry {
 /// A caller allowed to act for one tenant.
 pub(crate) struct Actor {
     /// The tenant acted for, and the key.
-    auth: Authenticated,
+    pub(crate) auth: Authenticated,
     /// Whose holdings count as the caller's: its own tenant's, or every
     /// tenant a publisher key publishes for (it knows all their content).
     scope: Vec<i64>,
@@ -212,7 +212,7 @@ impl Registry {
         })
     }
 
-    async fn app_id(&self, auth: &Authenticated, app: &str) -> Result<i64, RegistryError> {
+    pub(crate) async fn app_id(&self, auth: &Authenticated, app: &str) -> Result<i64, RegistryError> {
         let app = parse_name("app", app)?;
         self.meta.app_id(auth.tenant_id, &app).await?.ok_or_else(|| {
             RegistryError::NotFound(format!(
@@ -689,6 +689,44 @@ impl pb::registry_server::Registry for Registry {
         .await
         .map_err(|e: RegistryError| e.into());
         self.metrics.call("deploy", started, &result);
+        result
+    }
+
+    async fn yank_release(
+        &self,
+        request: Request<pb::YankReleaseRequest>,
+    ) -> Result<Response<pb::YankReleaseResponse>, Status> {
+        let started = Instant::now();
+        let (metadata, extensions, req) = request.into_parts();
+        let span = tracing::info_span!("yank_release", tenant = %req.tenant, app = %req.app, version = %req.version);
+        adopt_parent(&span, &metadata);
+        let result = async {
+            let actor = self.authorize(&extensions, &metadata, &req.tenant).await?;
+            Ok(Response::new(crate::releases::yank(self, &actor, req).await?))
+        }
+        .instrument(span)
+        .await
+        .map_err(|e: RegistryError| e.into());
+        self.metrics.call("yank_release", started, &result);
+        result
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        let started = Instant::now();
+        let (metadata, extensions, req) = request.into_parts();
+        let span = tracing::info_span!("list_releases", tenant = %req.tenant, app = %req.app);
+        adopt_parent(&span, &metadata);
+        let result = async {
+            let actor = self.authorize(&extensions, &metadata, &req.tenant).await?;
+            Ok(Response::new(crate::releases::list(self, &actor, req).await?))
+        }
+        .instrument(span)
+        .await
+        .map_err(|e: RegistryError| e.into());
+        self.metrics.call("list_releases", started, &result);
         result
     }
 
