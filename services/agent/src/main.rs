@@ -17,8 +17,9 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach the registry (HTTPS_PROXY/NO_PROXY from the environment).
 #[derive(Args)]
-struct Target {
+struct RegistryArgs {
     /// Registry URL: https://host:port, or http://host:port for local use.
     #[arg(long, env = "FERRY_REGISTRY_URL")]
     registry: String,
@@ -29,6 +30,23 @@ struct Target {
     /// PEM file of a private CA to trust for https:// registries.
     #[arg(long, env = "FERRY_CA_CERT")]
     ca_cert: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn connection(&self) -> Connection {
+        Connection {
+            url: self.registry.clone(),
+            token: self.token.clone(),
+            ca_cert: self.ca_cert.clone(),
+            proxy: Proxy::from_env(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct Target {
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Tenant this private cloud belongs to (not with --variants: the file
     /// names the tenants).
     #[arg(long, env = "FERRY_TENANT")]
@@ -52,15 +70,9 @@ struct Target {
 /// Where an app's releases are: for `status`, `releases` and `yank`.
 #[derive(Args)]
 struct AppTarget {
-    /// Registry URL: https://host:port, or http://host:port for local use.
-    #[arg(long, env = "FERRY_REGISTRY_URL")]
-    registry: String,
-    /// Agent key of the tenant, or a publisher key for it.
-    #[arg(long, env = "FERRY_AGENT_TOKEN", hide_env_values = true)]
-    token: String,
-    /// PEM file of a private CA to trust for https:// registries.
-    #[arg(long, env = "FERRY_CA_CERT")]
-    ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Tenant this private cloud belongs to.
     #[arg(long, env = "FERRY_TENANT")]
     tenant: String,
     /// App, e.g. crm.
@@ -335,12 +347,7 @@ async fn publish_variants(
         retries,
         compatible: target.compatible.clone(),
     };
-    let conn = Connection {
-        url: target.registry.clone(),
-        token: target.token.clone(),
-        ca_cert: target.ca_cert.clone(),
-        proxy: Proxy::from_env(),
-    };
+    let conn = target.registry.connection();
     let progress = if target.json { Progress::hidden() } else { Progress::stderr() };
     let summary = ferry_agent::variants::publish_variants(&conn, &req, &progress).await?;
     if target.json {
@@ -379,24 +386,14 @@ fn parse_compatible(value: &str) -> Result<semver::VersionReq, String> {
 }
 
 fn parse_target(t: &Target) -> anyhow::Result<(Connection, Name, Name, semver::Version)> {
-    let conn = Connection {
-        url: t.registry.clone(),
-        token: t.token.clone(),
-        ca_cert: t.ca_cert.clone(),
-        proxy: Proxy::from_env(),
-    };
+    let conn = t.registry.connection();
     let Some(tenant) = &t.tenant else { anyhow::bail!("name the tenant: --tenant or FERRY_TENANT") };
     let Some(app) = &t.app else { anyhow::bail!("name the app: --app or FERRY_APP") };
     Ok((conn, Name::parse("tenant", tenant)?, Name::parse("app", app)?, parse_version(&t.version)?))
 }
 
 fn parse_app_target(t: &AppTarget) -> anyhow::Result<(Connection, Name, Name)> {
-    let conn = Connection {
-        url: t.registry.clone(),
-        token: t.token.clone(),
-        ca_cert: t.ca_cert.clone(),
-        proxy: Proxy::from_env(),
-    };
+    let conn = t.registry.connection();
     Ok((conn, Name::parse("tenant", &t.tenant)?, Name::parse("app", &t.app)?))
 }
 
