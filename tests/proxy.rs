@@ -66,6 +66,7 @@ async fn proxy_credentials_are_sent_and_a_refusal_is_named() {
     assert!(matches!(err, AgentError::Proxy { .. }), "{err:?}");
     assert!(message.contains(&format!("http://{}", proxy.addr)), "names the proxy: {message}");
     assert!(!message.contains("wrong"), "never the proxy's password: {message}");
+    assert_eq!(proxy.requests().len(), 1, "a refused password is not retried");
 
     let done =
         publish_to(&via(proxy.url(Some("agent:s3cret"))), "acme", "1.0.0", &release.artifacts(), false).await.unwrap();

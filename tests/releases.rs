@@ -70,6 +70,22 @@ async fn a_yanked_release_is_kept_listed_and_never_offered() {
         .unwrap();
     assert_eq!(want.status(), 404, "a yanked version is not offered");
 
+    // A device still on 2.0.0 moves back by a delta from what it holds, and
+    // must (whatever 1.0.0's compatible rule says).
+    let v2_id = stack.meta.release_manifest(stack.app_id("acme").await, "2.0.0").await.unwrap().unwrap();
+    let stuck: Value = ferry_testkit::http()
+        .get(format!("{}/v1/check", gw.http))
+        .query(&[("tenant", "acme"), ("app", "crm"), ("version", "2.0.0"), ("have", &v2_id.to_string())])
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((stuck["action"].as_str(), stuck["target"].as_str()), (Some("downgrade"), Some("1.0.0")), "{stuck}");
+    assert_eq!((stuck["delta"].as_bool(), stuck["required"].as_bool()), (Some(true), Some(true)), "{stuck}");
+
     // It cannot be deployed, nor deployed by committing it again.
     let err = ferry_agent::deploy(&conn, &tenant, &app, &"2.0.0".parse().unwrap()).await.unwrap_err();
     assert!(matches!(err, AgentError::Rpc { code: tonic::Code::FailedPrecondition, .. }), "{err:?}");
@@ -92,7 +108,7 @@ async fn a_yanked_release_is_kept_listed_and_never_offered() {
     }
 
     // A reason is required, and on one line.
-    for reason in ["", "  ", "line\nbreak"] {
+    for reason in ["", "  ", "line\nbreak", "looks\u{202e}fine"] {
         let err = ferry_agent::yank(&conn, &tenant, &app, &"1.0.0".parse().unwrap(), reason).await.unwrap_err();
         assert!(matches!(err, AgentError::Rpc { code: tonic::Code::InvalidArgument, .. }), "{reason:?}: {err:?}");
     }

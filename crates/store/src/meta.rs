@@ -113,6 +113,8 @@ pub struct ReleaseRow {
     pub compatible: Option<String>,
     /// Where its files are (`None`: the registry's bucket).
     pub location: Option<crate::Location>,
+    /// Withdrawn: never offered, but still what some devices run.
+    pub yanked: bool,
 }
 
 /// How a release is committed, beyond what it is.
@@ -359,9 +361,9 @@ impl Meta {
                 "SELECT a.id, d.version, r.version, r.manifest_id, r.created_at, r.compatible, m.content_id, \
                  m.owner_tenant, m.owner_app, \
                  (SELECT max(id) FROM deployments WHERE app_id = a.id), \
-                 l.id, l.bucket, l.prefix, l.public_endpoint FROM apps a \
+                 l.id, l.bucket, l.prefix, l.public_endpoint, r.yanked_at IS NOT NULL FROM apps a \
                  LEFT JOIN releases d ON d.id = a.deployed_release_id \
-                 LEFT JOIN releases r ON r.app_id = a.id AND r.yanked_at IS NULL \
+                 LEFT JOIN releases r ON r.app_id = a.id \
                  LEFT JOIN manifests m ON m.tenant_id = r.tenant_id AND m.id = r.manifest_id \
                  LEFT JOIN locations l ON l.id = r.location_id \
                  WHERE a.tenant_id = $1 AND a.name = $2",
@@ -387,6 +389,7 @@ impl Meta {
                 published_at: row.get(4),
                 compatible: row.get(5),
                 location: row.get::<_, Option<i64>>(10).map(|_| crate::locations::location(row, 10)),
+                yanked: row.get::<_, Option<bool>>(14).unwrap_or(false),
             });
         }
         Ok(Some(AppReleases { app_id, deployed, deployment_seq, releases }))
@@ -630,6 +633,9 @@ impl Meta {
     ) -> Result<DeployOutcome, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // The app row first, as a yank takes it, before the release row
+        // (`set_compatible`): the two never wait on each other in turn.
+        tx.execute("SELECT 1 FROM apps WHERE id = $1 FOR NO KEY UPDATE", &[&app_id]).await?;
         let row =
             tx.query_opt("SELECT id FROM releases WHERE app_id = $1 AND version = $2", &[&app_id, &version]).await?;
         let Some(row) = row else {

@@ -121,6 +121,7 @@ impl Connection {
                     return Err(AgentError::Proxy {
                         proxy: shown,
                         reason: "only http:// proxies are supported (the tunnel carries TLS to the registry)".into(),
+                        permanent: true,
                     });
                 }
                 let mut tcp = HttpConnector::new();
@@ -131,10 +132,12 @@ impl Connection {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
                 tracing::debug!(proxy = %shown, "connecting to the registry through a proxy");
-                endpoint
-                    .connect_with_connector(tunnel)
-                    .await
-                    .map_err(|e| AgentError::Proxy { proxy: shown, reason: chain(&e) })?
+                endpoint.connect_with_connector(tunnel).await.map_err(|e| {
+                    let reason = chain(&e);
+                    // 407: the credentials are wrong or missing.
+                    let permanent = reason.contains("proxy authorization required");
+                    AgentError::Proxy { proxy: shown, reason, permanent }
+                })?
             }
         };
         let header: MetadataValue<_> =

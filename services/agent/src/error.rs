@@ -20,7 +20,7 @@ pub enum AgentError {
     #[error(
         "cannot reach the registry through the proxy {proxy} (HTTPS_PROXY/HTTP_PROXY; NO_PROXY exempts hosts): {reason}"
     )]
-    Proxy { proxy: String, reason: String },
+    Proxy { proxy: String, reason: String, permanent: bool },
     #[error("{step}: {message}")]
     Rpc { step: &'static str, code: tonic::Code, message: String },
     #[error("{path} changed while publishing; run the publish again to pack it anew")]
@@ -57,7 +57,9 @@ impl AgentError {
     /// the registry being down), as opposed to an answer that will not change.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AgentError::Connect { .. } | AgentError::Proxy { .. } => true,
+            AgentError::Connect { .. } => true,
+            // A wrong password or proxy URL does not fix itself.
+            AgentError::Proxy { permanent, .. } => !permanent,
             AgentError::Rpc { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable

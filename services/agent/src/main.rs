@@ -261,7 +261,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         (None, true) => "deployed".to_owned(),
                         (None, false) => String::new(),
                     };
-                    print_line(&format!("{}  {}  {}  {state}", l.version, l.published_at, &l.manifest_id[..12]));
+                    print_line(&format!(
+                        "{}  {}  {}  {state}",
+                        l.version,
+                        l.published_at,
+                        l.manifest_id.get(..12).unwrap_or(&l.manifest_id)
+                    ));
                 }
             }
         }

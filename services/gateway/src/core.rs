@@ -425,7 +425,7 @@ impl Gateway {
             (Some(want), _) => view
                 .versions
                 .iter()
-                .find(|v| v.version.cmp_precedence(want) == Ordering::Equal && v.version == *want)
+                .find(|v| !v.yanked && v.version.cmp_precedence(want) == Ordering::Equal && v.version == *want)
                 .ok_or_else(|| GatewayError::version_not_published(tenant.as_str(), app.as_str(), want))?,
             (None, Some(_)) => {
                 view.deployed_entry().ok_or_else(|| GatewayError::internal("deployed version has no release"))?
@@ -436,7 +436,10 @@ impl Gateway {
         // Required unless the target declares the client's version
         // compatible (semver requirements match pre-releases only when they
         // name one of the same major.minor.patch).
-        let required = action != Action::None && target.compatible.as_ref().is_none_or(|req| !req.matches(&current));
+        // A device on a withdrawn release must always move.
+        let current_yanked = view.versions.iter().any(|v| v.yanked && v.version == current);
+        let required = action != Action::None
+            && (current_yanked || target.compatible.as_ref().is_none_or(|req| !req.matches(&current)));
         let last_failure = match p.caller.device.as_deref().filter(|d| !d.is_empty()) {
             Some(device) => {
                 self.inner.census.record(view.app_id, device, current_str, (self.inner.clock)());
@@ -769,6 +772,7 @@ impl Gateway {
             versions: view
                 .versions
                 .iter()
+                .filter(|v| !v.yanked)
                 .map(|v| VersionInfo {
                     version: v.version_text.clone(),
                     manifest_id: v.manifest_hex.clone(),

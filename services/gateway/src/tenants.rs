@@ -98,6 +98,9 @@ pub(crate) struct VersionEntry {
     pub(crate) compatible: Option<semver::VersionReq>,
     /// Where its files are (`None`: the registry's bucket).
     pub(crate) location: Option<Arc<ferry_store::Location>>,
+    /// Withdrawn (`ferry-agent yank`): never listed nor a target, but a
+    /// device running it still gets deltas from it, and must update.
+    pub(crate) yanked: bool,
 }
 
 /// "Read now", backdated by up to a quarter of `ttl` at random: rates read
@@ -222,6 +225,7 @@ pub(crate) async fn load_app_view(meta: &Meta, tenant_id: i64, app: &Name) -> Re
                 owner: r.owner,
                 published_at: r.published_at,
                 location: r.location.map(Arc::new),
+                yanked: r.yanked,
             })
         })
         .collect();

@@ -20,7 +20,13 @@ pub(crate) async fn yank(
     let app_id = registry.app_id(&actor.auth, &req.app).await?;
     let version = parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
     let reason = req.reason.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_YANK_REASON || reason.chars().any(char::is_control) {
+    // Control and invisible formatting characters (bidi overrides,
+    // zero-width) would make what operators read differ from what is kept.
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if reason.is_empty() || reason.chars().count() > MAX_YANK_REASON || reason.chars().any(invisible) {
         return Err(RegistryError::InvalidArgument(format!(
             "reason: say why in 1 to {MAX_YANK_REASON} characters, on one line"
         )));
