@@ -329,6 +329,15 @@ async fn the_json_api_counts_devices_once_and_reports_per_target() {
     let published: Vec<&str> =
         app["published"].as_array().unwrap().iter().map(|p| p["version"].as_str().unwrap()).collect();
     assert_eq!(published, ["1.1.0", "1.0.0"]);
+    assert!(app["published"][1].get("yanked").is_none());
+    // A withdrawn release says so, with its reason.
+    let crm = env.stack.app_id("acme").await;
+    env.stack.meta.yank_release(crm, "1.0.0", "leaks <tokens>").await.unwrap();
+    let (_, _, body) = env.get("/api/v1/tenants/acme/apps/crm", Some(&env.admin_key), None).await;
+    let yanked: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(yanked["published"][1]["yanked"], "leaks <tokens>");
+    let (_, _, page) = env.get("/tenants/acme/apps/crm", Some(&env.admin_key), None).await;
+    assert!(page.contains("(yanked: leaks &lt;tokens&gt;)"), "escaped on the page");
     // The chart series hold the same reports, in the current hour.
     let series = &app["series"];
     let sum = |k: &str| series[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).sum::<i64>();

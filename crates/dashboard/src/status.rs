@@ -146,6 +146,9 @@ pub struct Published {
     pub version: String,
     pub published_at: String,
     pub deployed: bool,
+    /// Why it was withdrawn (`ferry-agent yank`), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yanked: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -295,7 +298,7 @@ pub(crate) async fn app_status(meta: &Meta, tenant: &str, app: &str, at: &AppRef
         .map(|r| Deployment { version: r.get(0), deployed_at: r.get(1) })
         .collect();
     let mut published: Vec<Published> = client
-        .query(&format!("SELECT version, {} FROM releases WHERE app_id = $1", ts("created_at")), &[&id])
+        .query(&format!("SELECT version, {}, yank_reason FROM releases WHERE app_id = $1", ts("created_at")), &[&id])
         .await?
         .iter()
         .map(|r| {
@@ -304,6 +307,7 @@ pub(crate) async fn app_status(meta: &Meta, tenant: &str, app: &str, at: &AppRef
                 deployed: deployed_version.as_deref() == Some(version.as_str()),
                 version,
                 published_at: r.get(1),
+                yanked: r.get(2),
             }
         })
         .collect();
