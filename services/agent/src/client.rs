@@ -55,6 +55,14 @@ impl Proxy {
         Self(Some(std::sync::Arc::new(Matcher::from_env())))
     }
 
+    /// Checks the proxy variables of the environment: the matcher ignores
+    /// one it cannot parse, which would connect directly where the operator
+    /// meant a proxy. The error names the variable, never its value (it may
+    /// hold a password).
+    pub fn check_env() -> Result<(), String> {
+        check_proxy_vars(|name| std::env::var(name).ok())
+    }
+
     /// Explicit rules, with the variables' syntax (tools and tests).
     pub fn from_values(https: &str, http: &str, no: &str) -> Self {
         Self(Some(std::sync::Arc::new(Matcher::builder().https(https).http(http).no(no).build())))
@@ -161,6 +169,24 @@ impl Connection {
     }
 }
 
+/// The first proxy variable set to something that is not a proxy URL
+/// (`[scheme://][user:password@]host[:port]`, as curl takes it).
+fn check_proxy_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        let Some(value) = lookup(name).filter(|v| !v.trim().is_empty()) else { continue };
+        let value = value.trim();
+        let url = if value.contains("://") { value.to_owned() } else { format!("http://{value}") };
+        let parsed = url.parse::<http::Uri>().ok().filter(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if parsed.is_none() {
+            return Err(format!(
+                "{name} is not a proxy URL such as http://[user:password@]proxy.example.com:3128 \
+                 (a password with '@' or ':' must be percent-encoded)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn is_loopback(url: &str) -> bool {
     let host = url.trim_start_matches("http://").split(['/', ':']).next().unwrap_or("");
     host == "localhost" || host.starts_with("127.") || url.starts_with("http://[::1]")
@@ -169,4 +195,30 @@ fn is_loopback(url: &str) -> bool {
 fn read_ca(path: &Path) -> Result<Certificate, AgentError> {
     let pem = std::fs::read(path).map_err(|source| AgentError::CaCert { path: path.to_owned(), source })?;
     Ok(Certificate::from_pem(pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_proxy_vars;
+
+    fn vars<'a>(set: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| set.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn proxy_variables_that_are_not_urls_are_named() {
+        for ok in [
+            &[][..],
+            &[("HTTPS_PROXY", "http://proxy:3128")],
+            &[("http_proxy", "proxy.corp:8080")],
+            &[("ALL_PROXY", "http://user:p%40ss@proxy:3128")],
+        ] {
+            assert_eq!(check_proxy_vars(vars(ok)), Ok(()), "{ok:?}");
+        }
+        let err = check_proxy_vars(vars(&[("HTTPS_PROXY", "http://user:p@ss word@proxy:3128")])).unwrap_err();
+        assert!(err.starts_with("HTTPS_PROXY is not a proxy URL"), "{err}");
+        assert!(!err.contains("p@ss"), "never the value: {err}");
+        let err = check_proxy_vars(vars(&[("http_proxy", "http://")])).unwrap_err();
+        assert!(err.starts_with("http_proxy"), "{err}");
+    }
 }

@@ -181,6 +181,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
+    Proxy::check_env().map_err(anyhow::Error::msg)?;
     match command {
         Command::Publish { target, variants: Some(file), only, deploy, retries, .. } => {
             publish_variants(&target, &file, &only, deploy, retries).await?;
