@@ -10,6 +10,18 @@ use ferry_gateway::GatewayConfig;
 use ferry_release::Name;
 use serde_json::Value;
 
+/// A GET of the gateway's `/v1/<path>` for acme's crm with `query` added.
+async fn ask(gateway: &str, key: &str, path: &str, query: &[(&str, &str)]) -> reqwest::Response {
+    ferry_testkit::http()
+        .get(format!("{gateway}/v1/{path}"))
+        .query(&[("tenant", "acme"), ("app", "crm")])
+        .query(query)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_yanked_release_is_kept_listed_and_never_offered() {
     let stack = Stack::start().await;
@@ -22,16 +34,7 @@ async fn a_yanked_release_is_kept_listed_and_never_offered() {
     publish_to(&conn, "acme", "1.0.0", &v1.artifacts(), true).await.unwrap();
     publish_to(&conn, "acme", "2.0.0", &v2.artifacts(), true).await.unwrap();
     let versions = || async {
-        let body: Value = ferry_testkit::http()
-            .get(format!("{}/v1/versions", gw.http))
-            .query(&[("tenant", "acme"), ("app", "crm")])
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = ask(&gw.http, &key, "versions", &[]).await.json().await.unwrap();
         body["versions"]
             .as_array()
             .unwrap()
@@ -61,28 +64,15 @@ async fn a_yanked_release_is_kept_listed_and_never_offered() {
         }
     };
     tokio::time::timeout(std::time::Duration::from_secs(30), seen).await.expect("the gateway drops 2.0.0");
-    let want = ferry_testkit::http()
-        .get(format!("{}/v1/check", gw.http))
-        .query(&[("tenant", "acme"), ("app", "crm"), ("version", "1.0.0"), ("want", "2.0.0")])
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let want = ask(&gw.http, &key, "check", &[("version", "1.0.0"), ("want", "2.0.0")]).await;
     assert_eq!(want.status(), 404, "a yanked version is not offered");
 
     // A device still on 2.0.0 moves back by a delta from what it holds, and
     // must (whatever 1.0.0's compatible rule says).
     let v2_id = stack.meta.release_manifest(stack.app_id("acme").await, "2.0.0").await.unwrap().unwrap();
-    let stuck: Value = ferry_testkit::http()
-        .get(format!("{}/v1/check", gw.http))
-        .query(&[("tenant", "acme"), ("app", "crm"), ("version", "2.0.0"), ("have", &v2_id.to_string())])
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let have = v2_id.to_string();
+    let stuck: Value =
+        ask(&gw.http, &key, "check", &[("version", "2.0.0"), ("have", &have)]).await.json().await.unwrap();
     assert_eq!((stuck["action"].as_str(), stuck["target"].as_str()), (Some("downgrade"), Some("1.0.0")), "{stuck}");
     assert_eq!((stuck["delta"].as_bool(), stuck["required"].as_bool()), (Some(true), Some(true)), "{stuck}");
 
