@@ -286,8 +286,9 @@ impl Meta {
         Ok(out)
     }
 
-    /// The release of `app_id` with exactly this version: (tenant, manifest
-    /// id, location).
+    /// The release of `app_id` with exactly this version, unless it was
+    /// yanked (it will not be deployed, so nothing is made for it):
+    /// (tenant, manifest id, location).
     pub async fn release_at(
         &self,
         app_id: i64,
@@ -296,7 +297,8 @@ impl Meta {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT tenant_id, manifest_id, location_id FROM releases WHERE app_id = $1 AND version = $2",
+                "SELECT tenant_id, manifest_id, location_id FROM releases \
+                 WHERE app_id = $1 AND version = $2 AND yanked_at IS NULL",
                 &[&app_id, &version],
             )
             .await?;
