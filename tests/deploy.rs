@@ -655,7 +655,86 @@ fn deployed_commands() -> BTreeMap<Vec<String>, BTreeSet<String>> {
             }
         }
     }
+    for (owner, pod) in pod_specs(&agent_objects()) {
+        for container in containers(pod) {
+            let argv = strings(&container["command"]).into_iter().chain(strings(&container["args"])).collect();
+            add(argv, format!("deploy/agent/kubernetes ({owner})"));
+        }
+    }
+    for line in read(AGENT_UNIT).lines() {
+        if let Some(exec) = line.strip_prefix("ExecStart=") {
+            let mut argv: Vec<String> = exec.split_whitespace().map(str::to_owned).collect();
+            argv[0] = Path::new(&argv[0]).file_name().unwrap().to_string_lossy().into_owned();
+            add(argv, AGENT_UNIT.into());
+        }
+    }
     found
+}
+
+// ---------------------------------------------------------- the agent
+
+const AGENT_UNIT: &str = "deploy/agent/ferry-agent.service";
+
+/// `kubectl kustomize deploy/agent/kubernetes`, rendered once.
+fn agent_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let out = run(Command::new(kubectl()).args(["kustomize", "deploy/agent/kubernetes"]));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    })
+}
+
+fn agent_objects() -> Vec<Value> {
+    yaml_documents(agent_text())
+}
+
+/// Loads an example configuration as `ferry-agent watch` does, its token
+/// file swapped for one that exists here.
+fn load_agent_config(text: &str, what: &str) -> ferry_agent::watch::WatchConfig {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "ferry_agent_example").unwrap();
+    let token_line =
+        text.lines().find(|l| l.starts_with("token_file")).unwrap_or_else(|| panic!("{what}: no token_file"));
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, text.replace(token_line, "token_file = \"token\"")).unwrap();
+    ferry_agent::watch::load(&file).unwrap_or_else(|problems| {
+        panic!("{what} does not load:\n{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })
+}
+
+/// The agent's examples: the Kubernetes manifests validate, their pod is
+/// hardened and probed on the port the configuration listens on, the state
+/// directory is the mounted volume, and both example configurations load.
+#[test]
+fn the_agent_examples_validate_and_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.yaml");
+    std::fs::write(&file, agent_text()).unwrap();
+    for version in KUBERNETES_VERSIONS {
+        run(Command::new(venv_tool("kubernetes-validate"))
+            .args(["--kubernetes-version", version, "--strict", "--quiet"])
+            .arg(&file));
+    }
+    let objects = agent_objects();
+    let config_map = objects.iter().find(|o| kind_of(o) == "ConfigMap").expect("the agent's ConfigMap");
+    let config = load_agent_config(config_map["data"]["agent.toml"].as_str().unwrap(), "the ConfigMap's agent.toml");
+    let pods = pod_specs(&objects);
+    assert_eq!(pods.len(), 1, "one agent Deployment");
+    let (owner, pod) = &pods[0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{owner}");
+    let main = &pod["containers"][0];
+    assert_eq!(main["securityContext"]["readOnlyRootFilesystem"], true, "{owner}");
+    assert!(strings(&main["securityContext"]["capabilities"]["drop"]).contains(&"ALL".into()), "{owner}");
+    assert_eq!(main["livenessProbe"]["httpGet"]["path"], "/healthz", "{owner}");
+    let port = probe_port(main, &main["livenessProbe"]).expect("the probe's port");
+    assert_eq!(config.listen.map(|a| u64::from(a.port())), Some(port), "{owner}: the probe's port is `listen`'s");
+    let mounts: Vec<&str> =
+        main["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    assert!(mounts.contains(&config.state_dir.to_str().unwrap()), "{owner}: state_dir is not mounted ({mounts:?})");
+    assert!(mounts.contains(&"/run/secrets/ferry"), "{owner}: the token's directory is not mounted ({mounts:?})");
+    load_agent_config(&read("deploy/agent/agent.toml"), "deploy/agent/agent.toml");
+    let unit = read(AGENT_UNIT);
+    assert!(unit.contains("StateDirectory=ferry-agent") && unit.contains("Restart=always"), "{AGENT_UNIT}");
 }
 
 #[test]
@@ -666,6 +745,7 @@ fn every_deployed_command_is_a_real_subcommand() {
         &["ferry-registry", "migrate"],
         &["ferry-gateway", "serve"],
         &["ferry-agent", "publish"],
+        &["ferry-agent", "watch"],
     ] {
         assert!(
             commands.keys().any(|argv| argv.starts_with(&expected.iter().map(|s| s.to_string()).collect::<Vec<_>>())),

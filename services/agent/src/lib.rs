@@ -7,10 +7,12 @@
 
 mod client;
 mod error;
+mod located;
 mod progress;
 mod publish;
 mod releases;
 pub mod variants;
+pub mod watch;
 
 pub use client::{Connection, Proxy, RegistryClient};
 pub use error::AgentError;

@@ -137,6 +137,17 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Runs until stopped: reads the version the private system runs (from
+    /// an HTTP endpoint, a file or a command) and publishes and deploys
+    /// each new one; serves /healthz, /status and /metrics on `listen`.
+    Watch {
+        /// The configuration file (see docs/agent.md).
+        #[arg(long, env = "FERRY_AGENT_CONFIG", default_value = "/etc/ferry/agent.toml")]
+        config: PathBuf,
+        /// Checks the configuration, prints what it would watch, and exits.
+        #[arg(long)]
+        check: bool,
+    },
     /// Checks or renders a variants file (ferry.variants.toml).
     Variants {
         #[command(subcommand)]
@@ -282,6 +293,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 print_line(&format!("yanked {}/{} {}", summary.tenant, summary.app, summary.version));
             }
         }
+        Command::Watch { config, check } => watch(&config, check).await?,
         Command::Variants { command: VariantsCommand::Check { file, registry, token, ca_cert, offline } } => {
             let variants = load_variants(&file)?;
             let mut problems = Vec::new();
@@ -314,6 +326,50 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             print_line(&lines.join("\n"));
         }
+    }
+    Ok(())
+}
+
+async fn watch(file: &std::path::Path, check: bool) -> anyhow::Result<()> {
+    let config = ferry_agent::watch::load(file).map_err(|problems| {
+        anyhow::anyhow!("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })?;
+    if check {
+        let artifacts: Vec<String> = config.artifacts.iter().map(|a| format!("{}={}", a.name, a.path)).collect();
+        print_line(&format!(
+            "{}: ok: {}/{}: version from {} every {} s; registry {}; artifacts {}; state in {}",
+            file.display(),
+            config.tenant,
+            config.app,
+            config.source,
+            config.interval.as_secs(),
+            config.connection.url,
+            artifacts.join(", "),
+            config.state_dir.display()
+        ));
+        return Ok(());
+    }
+    let listen = config.listen;
+    let watcher = ferry_agent::watch::Watcher::new(config).map_err(anyhow::Error::msg)?;
+    let lifecycle = ferry_net::Lifecycle::new();
+    // Nothing balances load onto an agent: stop at the first signal.
+    tokio::spawn(lifecycle.clone().on_signals(std::time::Duration::ZERO));
+    let stopping = || {
+        let lifecycle = lifecycle.clone();
+        async move { lifecycle.stopping().await }
+    };
+    let ops = match listen {
+        Some(addr) => {
+            let listener = ferry_net::bind(addr, "listen").await?;
+            let router = watcher.router();
+            let stopping = stopping();
+            Some(tokio::spawn(ferry_net::serve_http(listener, ferry_net::Limits::default(), router, stopping)))
+        }
+        None => None,
+    };
+    watcher.run(stopping()).await;
+    if let Some(ops) = ops {
+        ops.await??;
     }
     Ok(())
 }

@@ -95,13 +95,14 @@ mod tree;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ferry_release::{ArtifactSpec, Name, Quoted};
 use thiserror::Error;
 
 pub use self::publish::{TenantSummary, VariantsRequest, VariantsSummary, check_tenants, publish_variants, selected};
+pub use crate::located::Problem;
+
 use self::tree::Tree;
 
 /// A parsed and checked variants file.
@@ -141,28 +142,11 @@ struct TenantAt {
     column: usize,
 }
 
-/// A located problem in a variants file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub file: PathBuf,
-    /// 1-based.
-    pub line: usize,
-    /// 1-based, in characters.
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
-    }
-}
-
 /// Why a variants file cannot be used, or a render failed.
 #[derive(Debug, Error)]
 pub enum VariantsError {
     /// Problems in the file, one per line, in file order.
-    #[error("{}", display_problems(.0))]
+    #[error("{}", crate::located::display_problems(.0))]
     Problems(Vec<Problem>),
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
@@ -191,10 +175,6 @@ impl From<Vec<Problem>> for VariantsError {
     }
 }
 
-fn display_problems(problems: &[Problem]) -> String {
-    problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n")
-}
-
 fn display_names(names: &[Name]) -> String {
     names.iter().map(Name::as_str).collect::<Vec<_>>().join(", ")
 }
@@ -217,16 +197,7 @@ impl Variants {
     /// keys, names, paths on disk, pointers).
     pub fn load(path: &Path) -> Result<Variants, VariantsError> {
         let bytes = std::fs::read(path).map_err(|source| VariantsError::Read { path: path.to_owned(), source })?;
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(e) => {
-                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-                let valid = std::str::from_utf8(valid).expect("valid up to here");
-                let (line, column) = file::Locator::new(valid).locate(valid.len());
-                let message = "the file is not UTF-8".to_owned();
-                return Err(vec![Problem { file: path.to_owned(), line, column, message }].into());
-            }
-        };
+        let text = crate::located::utf8_text(path, bytes).map_err(|p| VariantsError::Problems(vec![p]))?;
         let raw = file::parse(&text).map_err(|e| {
             let (line, column) = file::Locator::new(&text).locate(e.offset);
             VariantsError::Problems(vec![Problem { file: path.to_owned(), line, column, message: e.message }])
