@@ -33,6 +33,18 @@ pub enum AgentError {
     /// names the file and line, or the flag).
     #[error("{0}")]
     Variants(String),
+    /// A transport bundle that is damaged, truncated or not a bundle.
+    #[error(transparent)]
+    Bundle(#[from] ferry_bundle::BundleError),
+    /// The registry lacks chunks that a bundle left out.
+    #[error(
+        "the registry lacks {missing} chunk(s) this bundle does not hold{}; make a full bundle, or one since a release the registry has",
+        base.as_ref().map(|b| format!(" (it left out those of manifest {b})")).unwrap_or_default()
+    )]
+    Incomplete { missing: usize, base: Option<String> },
+    /// The agent's state directory cannot be used (the message names it).
+    #[error("{0}")]
+    State(String),
     /// Publishing one tenant of a variants file failed.
     #[error("tenant {tenant}: {source}")]
     Tenant { tenant: String, source: Box<AgentError> },

@@ -5,9 +5,11 @@
 //! `main.rs` parses the command line and renders; [`publish`] and
 //! [`deploy`] are what tests drive.
 
+pub mod bundle;
 mod client;
 mod error;
 mod located;
+mod manifests;
 mod progress;
 mod publish;
 mod releases;
@@ -16,6 +18,7 @@ pub mod watch;
 
 pub use client::{Connection, Proxy, RegistryClient};
 pub use error::AgentError;
+pub use manifests::DEFAULT_STATE_DIR;
 pub use progress::Progress;
 pub use publish::{ArtifactSummary, DeploySummary, PublishRequest, PublishSummary, deploy, deploy_with, publish};
 pub use releases::{DeployLine, ReleaseLine, Releases, YankSummary, releases, yank};

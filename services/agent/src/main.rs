@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 
+use ferry_agent::bundle::{Base, BundleRequest};
 use ferry_agent::variants::{LinkMode, Variants, VariantsError, VariantsRequest, VariantsSummary};
 use ferry_agent::{Connection, Progress, Proxy, PublishRequest, PublishSummary};
 use ferry_release::{ArtifactSpec, Name, parse_version};
@@ -148,10 +149,80 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Transport bundles: a release in one file, for private clouds that
+    /// cannot reach the registry (docs/agent.md).
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// Checks or renders a variants file (ferry.variants.toml).
     Variants {
         #[command(subcommand)]
         command: VariantsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Packs a release into one file holding its manifest and chunks (no
+    /// registry needed); `bundle push` or `ferry-registry admin import`
+    /// publishes it.
+    Create {
+        /// Tenant this private cloud belongs to.
+        #[arg(long, env = "FERRY_TENANT")]
+        tenant: String,
+        /// App, e.g. crm.
+        #[arg(long, env = "FERRY_APP")]
+        app: String,
+        /// Version (semantic versioning, e.g. 2.4.1).
+        #[arg(long)]
+        version: String,
+        /// An artifact: NAME[@PLATFORM,...]=PATH, as for publish.
+        #[arg(long = "artifact", required = true)]
+        artifacts: Vec<String>,
+        /// The bundle file to write (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Leave out the chunks of this earlier version, bundled on this
+        /// machine before (the registry must hold them).
+        #[arg(long, conflicts_with = "base_manifest")]
+        since_version: Option<String>,
+        /// Leave out the chunks of this manifest (hex id), bundled on this
+        /// machine before.
+        #[arg(long)]
+        base_manifest: Option<String>,
+        /// Deploy the release when the bundle is published.
+        #[arg(long)]
+        deploy: bool,
+        /// Client versions that still work with this release (as for publish).
+        #[arg(long, value_parser = parse_compatible)]
+        compatible: Option<semver::VersionReq>,
+        /// Where the manifests of earlier bundles are kept.
+        #[arg(long, env = "FERRY_AGENT_STATE_DIR", default_value = ferry_agent::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Print the result as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks a bundle whole, then publishes it (and deploys it, if it was
+    /// made with --deploy), sending only the chunks the registry lacks.
+    Push {
+        file: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Retries after network or registry failures, with back-off.
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
+        /// Print the result as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks a bundle whole and prints what it holds.
+    Show {
+        file: PathBuf,
+        /// Print the header as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -294,6 +365,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Watch { config, check } => watch(&config, check).await?,
+        Command::Bundle { command } => bundle(command).await?,
         Command::Variants { command: VariantsCommand::Check { file, registry, token, ca_cert, offline } } => {
             let variants = load_variants(&file)?;
             let mut problems = Vec::new();
@@ -370,6 +442,107 @@ async fn watch(file: &std::path::Path, check: bool) -> anyhow::Result<()> {
     watcher.run(stopping()).await;
     if let Some(ops) = ops {
         ops.await??;
+    }
+    Ok(())
+}
+
+async fn bundle(command: BundleCommand) -> anyhow::Result<()> {
+    match command {
+        BundleCommand::Create {
+            tenant,
+            app,
+            version,
+            artifacts,
+            out,
+            since_version,
+            base_manifest,
+            deploy,
+            compatible,
+            state_dir,
+            json,
+        } => {
+            let base = match (since_version, base_manifest) {
+                (Some(v), _) => Some(Base::Version(parse_version(&v)?)),
+                (None, Some(id)) if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(Base::Manifest(id.to_ascii_lowercase()))
+                }
+                (None, Some(id)) => anyhow::bail!("--base-manifest {id:?}: expected a manifest id, 64 hex digits"),
+                (None, None) => None,
+            };
+            let req = BundleRequest {
+                tenant: Name::parse("tenant", &tenant)?,
+                app: Name::parse("app", &app)?,
+                version: parse_version(&version)?,
+                artifacts: artifacts.iter().map(|a| ArtifactSpec::parse(a)).collect::<Result<Vec<_>, _>>()?,
+                out,
+                deploy,
+                compatible,
+                base,
+                state_dir,
+            };
+            let progress = if json { Progress::hidden() } else { Progress::stderr() };
+            let summary =
+                tokio::task::spawn_blocking(move || ferry_agent::bundle::create_bundle(&req, &progress)).await??;
+            if json {
+                print_json(&summary)?;
+            } else {
+                let base =
+                    summary.base_manifest_id.as_deref().map_or(String::new(), |b| format!(" (since {})", &b[..16]));
+                print_line(&format!(
+                    "wrote {}: {}/{} {}{base}: {} of {} chunks, {} of chunks in {}",
+                    summary.file,
+                    summary.tenant,
+                    summary.app,
+                    summary.version,
+                    summary.chunks_bundled,
+                    summary.chunks_total,
+                    human(summary.chunk_bytes),
+                    human(summary.bundle_bytes)
+                ));
+            }
+        }
+        BundleCommand::Push { file, registry, retries, json } => {
+            let progress = if json { Progress::hidden() } else { Progress::stderr() };
+            let s = ferry_agent::bundle::push_bundle(&registry.connection(), &file, retries, &progress).await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                let state = match (s.created, s.deployed) {
+                    (true, true) => "published and deployed",
+                    (true, false) => "published",
+                    (false, true) => "already published; deployed",
+                    (false, false) => "already published; nothing changed",
+                };
+                print_line(&format!(
+                    "{}/{} {}: {state}; sent {} chunk(s), {}",
+                    s.tenant,
+                    s.app,
+                    s.version,
+                    s.chunks_sent,
+                    human(s.bytes_sent)
+                ));
+            }
+        }
+        BundleCommand::Show { file, json } => {
+            let bundle = tokio::task::spawn_blocking(move || ferry_bundle::Bundle::open(&file)).await??;
+            let h = bundle.header();
+            if json {
+                print_json(h)?;
+            } else {
+                print_line(&format!(
+                    "ok: {}/{} {} (manifest {}){}{}: {} chunk(s), {}{}",
+                    h.tenant,
+                    h.app,
+                    h.version,
+                    &h.manifest_id[..16],
+                    if h.deploy { ", to deploy" } else { "" },
+                    h.base_manifest_id.as_deref().map_or(String::new(), |b| format!(", since manifest {}", &b[..16])),
+                    h.chunks,
+                    human(h.chunk_bytes),
+                    format_args!("; made by {}", h.created_by)
+                ));
+            }
+        }
     }
     Ok(())
 }

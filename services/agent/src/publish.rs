@@ -131,7 +131,7 @@ async fn publish_once(
         let plan = upload_plan(manifest, sources, &missing);
         let total = plan.iter().flat_map(|(_, c)| c).map(|c| c.len as u64).sum();
         progress.start("uploading", Some(total));
-        let (sent, bytes) = upload(&mut client, req.tenant.as_str(), plan, progress).await?;
+        let (sent, bytes) = upload(&mut client, req.tenant.as_str(), file_chunks(plan), progress).await?;
         progress.finish();
         (chunks_sent, bytes_sent) = (sent, bytes);
     }
@@ -176,7 +176,7 @@ async fn publish_once(
 }
 
 /// Where each file's bytes are on disk, by file hash.
-fn source_paths(manifest: &Manifest, specs: &[ArtifactSpec]) -> HashMap<Hash, PathBuf> {
+pub(crate) fn source_paths(manifest: &Manifest, specs: &[ArtifactSpec]) -> HashMap<Hash, PathBuf> {
     let roots: HashMap<&Name, &PathBuf> = specs.iter().map(|s| (&s.name, &s.path)).collect();
     let mut out = HashMap::new();
     for artifact in &manifest.artifacts {
@@ -192,7 +192,7 @@ fn source_paths(manifest: &Manifest, specs: &[ArtifactSpec]) -> HashMap<Hash, Pa
     out
 }
 
-struct PlannedChunk {
+pub(crate) struct PlannedChunk {
     offset: u64,
     len: u32,
     hash: Hash,
@@ -200,7 +200,7 @@ struct PlannedChunk {
 
 /// For each file holding missing chunks, the chunks to read from it; each
 /// missing chunk appears once.
-fn upload_plan(
+pub(crate) fn upload_plan(
     manifest: &Manifest,
     sources: &HashMap<Hash, PathBuf>,
     missing: &HashSet<Hash>,
@@ -227,11 +227,14 @@ fn upload_plan(
     plan
 }
 
-/// Streams the planned chunks; returns (chunks, bytes) sent.
-async fn upload(
+/// Chunks to send, with their hashes, read lazily on a blocking thread.
+pub(crate) type ChunkSource = Box<dyn Iterator<Item = Result<(Hash, Vec<u8>), AgentError>> + Send>;
+
+/// Streams `chunks`; returns (chunks, bytes) sent.
+pub(crate) async fn upload(
     client: &mut RegistryClient,
     tenant: &str,
-    plan: Vec<(PathBuf, Vec<PlannedChunk>)>,
+    chunks: ChunkSource,
     progress: &Progress,
 ) -> Result<(u64, u64), AgentError> {
     let (tx, rx) = mpsc::channel::<pb::UploadChunksRequest>(2);
@@ -239,7 +242,7 @@ async fn upload(
     let bar = progress.clone();
     // Reading and hashing are blocking work: a thread of their own feeds the
     // stream through a small channel, so memory stays at a few messages.
-    let reader = tokio::task::spawn_blocking(move || read_chunks(&tenant, plan, &tx, &bar));
+    let reader = tokio::task::spawn_blocking(move || send_chunks(&tenant, chunks, &tx, &bar));
     let response = client.upload_chunks(ReceiverStream::new(rx)).await;
     let read = reader.await.expect("chunk reader panicked");
     let response = response.map_err(|s| AgentError::rpc("upload chunks", s))?;
@@ -249,46 +252,60 @@ async fn upload(
     Ok((chunks, bytes))
 }
 
-fn read_chunks(
+/// The planned chunks, read from their files and checked against their
+/// hashes (a file changed since packing is an error).
+pub(crate) fn file_chunks(plan: Vec<(PathBuf, Vec<PlannedChunk>)>) -> ChunkSource {
+    Box::new(plan.into_iter().flat_map(|(path, planned)| {
+        let mut file: Option<File> = None;
+        planned.into_iter().map(move |chunk| {
+            let io = |source| AgentError::Io { path: path.clone(), source };
+            let file = match &mut file {
+                Some(file) => file,
+                None => file.insert(File::open(&path).map_err(io)?),
+            };
+            let mut data = vec![0u8; chunk.len as usize];
+            file.seek(SeekFrom::Start(chunk.offset)).map_err(io)?;
+            file.read_exact(&mut data).map_err(io)?;
+            if blake3::hash(&data) != chunk.hash {
+                return Err(AgentError::Changed { path: path.clone() });
+            }
+            Ok((chunk.hash, data))
+        })
+    }))
+}
+
+fn send_chunks(
     tenant: &str,
-    plan: Vec<(PathBuf, Vec<PlannedChunk>)>,
+    chunks: ChunkSource,
     tx: &mpsc::Sender<pb::UploadChunksRequest>,
     progress: &Progress,
 ) -> Result<(u64, u64), AgentError> {
     let mut message = pb::UploadChunksRequest { tenant: tenant.to_owned(), chunks: Vec::new() };
     let mut message_bytes = 0;
-    let (mut chunks, mut bytes) = (0u64, 0u64);
-    for (path, planned) in plan {
-        let io = |source| AgentError::Io { path: path.clone(), source };
-        let mut file = File::open(&path).map_err(io)?;
-        for chunk in planned {
-            let mut data = vec![0u8; chunk.len as usize];
-            file.seek(SeekFrom::Start(chunk.offset)).map_err(|e| AgentError::Io { path: path.clone(), source: e })?;
-            file.read_exact(&mut data).map_err(|e| AgentError::Io { path: path.clone(), source: e })?;
-            if blake3::hash(&data) != chunk.hash {
-                return Err(AgentError::Changed { path });
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for chunk in chunks {
+        let (hash, data) = chunk?;
+        let len = data.len() as u64;
+        message_bytes += data.len();
+        message.chunks.push(pb::Chunk { hash: hash.as_bytes().to_vec(), data });
+        if message_bytes >= MESSAGE_BYTES {
+            let full = std::mem::replace(
+                &mut message,
+                pb::UploadChunksRequest { tenant: tenant.to_owned(), chunks: Vec::new() },
+            );
+            if tx.blocking_send(full).is_err() {
+                return Ok((count, bytes)); // the call failed; its error is reported
             }
-            message_bytes += data.len();
-            message.chunks.push(pb::Chunk { hash: chunk.hash.as_bytes().to_vec(), data });
-            if message_bytes >= MESSAGE_BYTES {
-                let full = std::mem::replace(
-                    &mut message,
-                    pb::UploadChunksRequest { tenant: tenant.to_owned(), chunks: Vec::new() },
-                );
-                if tx.blocking_send(full).is_err() {
-                    return Ok((chunks, bytes)); // the call failed; its error is reported
-                }
-                message_bytes = 0;
-            }
-            chunks += 1;
-            bytes += u64::from(chunk.len);
-            progress.advance(u64::from(chunk.len));
+            message_bytes = 0;
         }
+        count += 1;
+        bytes += len;
+        progress.advance(len);
     }
     if !message.chunks.is_empty() {
         let _ = tx.blocking_send(message);
     }
-    Ok((chunks, bytes))
+    Ok((count, bytes))
 }
 
 /// What a deploy did.

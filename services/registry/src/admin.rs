@@ -63,6 +63,20 @@ pub enum AdminCommand {
         #[arg(long)]
         burst: u32,
     },
+    /// Publishes a transport bundle (`ferry-agent bundle create`) carried
+    /// from a private cloud that cannot reach the registry: checked whole
+    /// first, nothing visible unless all of it is stored; importing twice
+    /// changes nothing. Prints the result as JSON on stdout.
+    Import {
+        /// The bundle file.
+        file: std::path::PathBuf,
+        /// Bucket holding chunks and assembled files (as for serve).
+        #[arg(long, env = "FERRY_S3_BUCKET")]
+        s3_bucket: String,
+        /// Path-style S3 addressing; `false` for virtual-hosted style.
+        #[arg(long, env = "FERRY_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+        s3_path_style: bool,
+    },
     /// Revokes a key, given its id (the 12 hex digits after the role) or the
     /// whole key.
     RevokeKey { key: String },
@@ -152,6 +166,30 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
                     id = key.id
                 ),
             });
+        }
+        AdminCommand::Import { file, s3_bucket, s3_path_style } => {
+            let blobs = ferry_store::Blobs::from_env(&s3_bucket, s3_path_style).await.map_err(anyhow::Error::msg)?;
+            // No collector, alerts or patch workers of its own: the serving
+            // replicas make the new release's patches.
+            let settings = crate::RegistrySettings { gc_interval: None, alerts: None, ..Default::default() };
+            let registry = crate::Registry::with_settings(meta.clone(), blobs, settings);
+            let s = crate::import::import_bundle(&registry, &file).await?;
+            let state = match (s.created, s.deployed) {
+                (true, true) => "published and deployed",
+                (true, false) => "published",
+                (false, true) => "already published; deployed",
+                (false, false) => "already published; nothing changed",
+            };
+            let message = format!(
+                "imported {}: {}/{} {}: {state}; {} chunk(s) stored ({} bytes)",
+                file.display(),
+                s.tenant,
+                s.app,
+                s.version,
+                s.chunks_stored,
+                s.bytes_stored
+            );
+            return Ok(AdminOutput { stdout: Some(serde_json::to_string(&s)?), message });
         }
         AdminCommand::SetLimit { tenant, per_second, burst } => {
             let tenant = name("tenant", &tenant)?;

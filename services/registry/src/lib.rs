@@ -8,6 +8,7 @@ mod auth;
 pub mod config;
 mod dashboard;
 mod error;
+pub mod import;
 mod launch;
 pub mod metrics;
 mod ops;

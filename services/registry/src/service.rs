@@ -20,7 +20,7 @@ use crate::error::RegistryError;
 use crate::metrics::Metrics;
 
 /// Chunks stored concurrently per upload stream.
-const STORE_CONCURRENCY: usize = 8;
+pub(crate) const STORE_CONCURRENCY: usize = 8;
 /// Files assembled concurrently per commit.
 const ASSEMBLE_CONCURRENCY: usize = 4;
 
@@ -85,6 +85,15 @@ pub(crate) struct Actor {
     /// tenant a publisher key publishes for (it knows all their content).
     scope: Vec<i64>,
     publisher: bool,
+}
+
+impl Actor {
+    /// An operator of the registry acting for `tenant` (`admin import`):
+    /// what it holds is the tenant's alone, as for the tenant's agent.
+    pub(crate) fn operator(tenant_id: i64, tenant: Name, what: &str) -> Self {
+        let auth = Authenticated { key_id: what.to_owned(), tenant_id, tenant, role: KeyRole::Agent };
+        Self { scope: vec![tenant_id], publisher: false, auth }
+    }
 }
 
 impl Registry {
@@ -222,7 +231,7 @@ impl Registry {
         })
     }
 
-    async fn prepare(
+    pub(crate) async fn prepare(
         &self,
         actor: &Actor,
         req: pb::PrepareReleaseRequest,
@@ -271,7 +280,7 @@ impl Registry {
     /// (nothing is written); otherwise the PUT happens even when the chunk
     /// is known: it is idempotent, and it repairs an object lost from the
     /// bucket.
-    async fn store_chunk(&self, tenant_id: i64, hash: Hash, data: Bytes) -> Result<bool, RegistryError> {
+    pub(crate) async fn store_chunk(&self, tenant_id: i64, hash: Hash, data: Bytes) -> Result<bool, RegistryError> {
         if let Some(new) = self.meta.claim_placed_chunk(tenant_id, &hash).await? {
             return Ok(new);
         }
@@ -340,7 +349,7 @@ impl Registry {
         Ok(response)
     }
 
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         actor: &Actor,
         req: pb::CommitReleaseRequest,
@@ -556,7 +565,7 @@ fn count(response: &mut pb::UploadChunksResponse, (new, len): (bool, u64)) {
     }
 }
 
-fn verify_chunk(chunk: pb::Chunk) -> Result<(Hash, Bytes), RegistryError> {
+pub(crate) fn verify_chunk(chunk: pb::Chunk) -> Result<(Hash, Bytes), RegistryError> {
     let claimed = <[u8; 32]>::try_from(chunk.hash.as_slice())
         .map(Hash::from_bytes)
         .map_err(|_| RegistryError::InvalidArgument("chunk hash must be 32 bytes".into()))?;

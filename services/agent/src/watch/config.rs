@@ -51,8 +51,7 @@ use toml::Spanned;
 use crate::located::{Locator, Problem};
 use crate::{Connection, Proxy};
 
-/// Where the state is kept unless `state_dir` says otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry-agent";
+pub use crate::manifests::DEFAULT_STATE_DIR;
 
 /// How a watching agent is configured, checked.
 #[derive(Clone)]
