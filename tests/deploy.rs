@@ -693,10 +693,15 @@ fn agent_objects() -> Vec<Value> {
 fn load_agent_config(text: &str, what: &str) -> ferry_agent::watch::WatchConfig {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "ferry_agent_example").unwrap();
-    let token_line =
-        text.lines().find(|l| l.starts_with("token_file")).unwrap_or_else(|| panic!("{what}: no token_file"));
+    // Without a token_file the key comes from FERRY_AGENT_TOKEN_FILE (the
+    // systemd unit's credential); either way, this test's token file.
+    let text = match text.lines().find(|l| l.starts_with("token_file")) {
+        Some(line) => text.replace(line, "token_file = \"token\""),
+        None => text.replacen("[registry]\n", "[registry]\ntoken_file = \"token\"\n", 1),
+    };
+    assert!(text.contains("token_file = \"token\""), "{what}: no [registry] table");
     let file = dir.path().join("agent.toml");
-    std::fs::write(&file, text.replace(token_line, "token_file = \"token\"")).unwrap();
+    std::fs::write(&file, text).unwrap();
     ferry_agent::watch::load(&file).unwrap_or_else(|problems| {
         panic!("{what} does not load:\n{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
     })
@@ -735,6 +740,26 @@ fn the_agent_examples_validate_and_load() {
     load_agent_config(&read("deploy/agent/agent.toml"), "deploy/agent/agent.toml");
     let unit = read(AGENT_UNIT);
     assert!(unit.contains("StateDirectory=ferry-agent") && unit.contains("Restart=always"), "{AGENT_UNIT}");
+    // The state directory systemd makes is the one the example uses, and the
+    // credential it loads is the file the agent is told to read.
+    let example = read("deploy/agent/agent.toml");
+    assert!(example.contains("state_dir = \"/var/lib/ferry-agent\""), "deploy/agent/agent.toml: state_dir");
+    let credential = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LoadCredential="))
+        .and_then(|c| c.split_once(':'))
+        .map(|(name, _)| name.to_owned())
+        .expect("LoadCredential=NAME:PATH");
+    assert!(
+        unit.contains(&format!("Environment=FERRY_AGENT_TOKEN_FILE=%d/{credential}")),
+        "{AGENT_UNIT}: FERRY_AGENT_TOKEN_FILE does not name the credential {credential}"
+    );
+    assert!(
+        !example.lines().any(|l| l.starts_with("token_file")),
+        "the unit hands the token over; agent.toml must not name another"
+    );
+    // A dynamic user reads what the install steps write.
+    assert!(unit.contains("install -m 0644 agent.toml"), "{AGENT_UNIT}: agent.toml must be readable by any user");
 }
 
 #[test]

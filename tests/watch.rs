@@ -29,7 +29,8 @@ async fn version_endpoint(answer: Answer) -> String {
     url
 }
 
-/// Writes the artifacts of `version` where the configuration looks.
+/// Writes the artifacts of `version` where the configuration looks, then
+/// the marker that says they are whole.
 fn install(root: &Path, version: &str, seed: u64) {
     let dir = root.join(version);
     std::fs::create_dir_all(dir.join("web")).unwrap();
@@ -37,6 +38,7 @@ fn install(root: &Path, version: &str, seed: u64) {
     std::fs::write(dir.join("web/app.js"), noise(100_000, seed + 1)).unwrap();
     std::fs::write(dir.join("openapi.json"), format!(r#"{{"openapi":"3.1.0","info":{{"version":"{version}"}}}}"#))
         .unwrap();
+    std::fs::write(dir.join(".complete"), b"").unwrap();
 }
 
 /// Writes the configuration file and loads it as `watch --config` does,
@@ -118,6 +120,7 @@ async fn the_registry_follows_the_version_the_private_system_runs() {
     let source = version_endpoint(answer.clone()).await;
     let mut config = configure(dir.path(), &conn.url, &token, &source);
     config.reconcile = Duration::from_millis(300);
+    config.ready_file = Some(releases.join("{version}/.complete").to_str().unwrap().to_owned());
     let (mut status, stop, task) = start(config.clone());
 
     // The endpoint is not up yet: the round fails, naming the source.
@@ -132,15 +135,16 @@ async fn the_registry_follows_the_version_the_private_system_runs() {
     let r = ferry_agent::releases(&conn, &tenant, &app).await.unwrap();
     assert_eq!(r.deployed_version.as_deref(), Some("1.0.0"));
 
-    // 2.0.0 runs before its artifacts are where the configuration says:
-    // rounds fail, naming the path, until they appear.
+    // 2.0.0 runs while its files are still being copied: the agent waits
+    // for the ready file rather than publish half an APK for good.
+    std::fs::create_dir_all(releases.join("2.0.0")).unwrap();
+    std::fs::write(releases.join("2.0.0/crm.apk"), &noise(200_000, 2)[..50_000]).unwrap();
     set(&answer, StatusCode::OK, r#"{"version":"2.0.0"}"#);
-    let s = until(&mut status, "a round failing on 2.0.0", |s| {
-        s.observed_version.as_deref() == Some("2.0.0") && s.phase == Phase::Failing
+    let s = until(&mut status, "waiting for 2.0.0's files", |s| {
+        s.observed_version.as_deref() == Some("2.0.0") && s.phase == Phase::Waiting && s.rounds >= 8
     })
     .await;
-    let e = s.last_error.unwrap();
-    assert!(e.contains("releases/2.0.0/crm.apk"), "{e}");
+    assert_eq!((s.published, s.failures, s.deployed_version.as_deref()), (1, 1, Some("1.0.0")), "{s:#?}");
     install(&releases, "2.0.0", 2);
     let s = until(&mut status, "2.0.0 deployed", |s| s.deployed_version.as_deref() == Some("2.0.0")).await;
     assert_eq!((s.published, s.deployed, s.phase), (2, 2, Phase::UpToDate));
@@ -216,8 +220,19 @@ async fn a_yanked_version_is_refused_and_retried_without_publishing() {
     let answer: Answer = Arc::new(Mutex::new((StatusCode::OK, r#"{"version":"2.0.0"}"#.into())));
     let source = version_endpoint(answer.clone()).await;
     let config = configure(dir.path(), &conn.url, &token, &source);
-    let (mut status, stop, task) = start(config);
+    let (mut status, stop, task) = start(config.clone());
     until(&mut status, "2.0.0 deployed", |s| s.deployed_version.as_deref() == Some("2.0.0")).await;
+
+    // 4.0.0 runs but nothing is where the configuration says: rounds fail,
+    // naming the path.
+    set(&answer, StatusCode::OK, r#"{"version":"4.0.0"}"#);
+    let s = until(&mut status, "a round failing on 4.0.0", |s| {
+        s.observed_version.as_deref() == Some("4.0.0") && s.phase == Phase::Failing
+    })
+    .await;
+    let e = s.last_error.unwrap();
+    assert!(e.contains("releases/4.0.0/crm.apk"), "{e}");
+
     set(&answer, StatusCode::OK, r#"{"version":"1.0.0"}"#);
     until(&mut status, "1.0.0 deployed", |s| s.deployed_version.as_deref() == Some("1.0.0")).await;
     ferry_agent::yank(&conn, &tenant, &app, &"2.0.0".parse().unwrap(), "corrupts reports").await.unwrap();
@@ -231,6 +246,26 @@ async fn a_yanked_version_is_refused_and_retried_without_publishing() {
     assert_eq!((s.published, s.deployed_version.as_deref()), (2, Some("1.0.0")));
     let r = ferry_agent::releases(&conn, &tenant, &app).await.unwrap();
     assert_eq!(r.deployed_version.as_deref(), Some("1.0.0"));
+
+    // Back on 1.0.0. With the agent stopped, someone deploys 3.0.0 by hand
+    // and withdraws 1.0.0: the restarted agent cannot deploy 1.0.0 back, and
+    // says so round after round instead of calling itself up to date.
+    set(&answer, StatusCode::OK, r#"{"version":"1.0.0"}"#);
+    until(&mut status, "1.0.0 again", |s| s.phase == Phase::UpToDate && s.observed_version.as_deref() == Some("1.0.0"))
+        .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let v3 = ferry_e2e::Release::new(50_000, 3);
+    ferry_e2e::publish_to(&conn, "acme", "3.0.0", &v3.artifacts(), true).await.unwrap();
+    ferry_agent::yank(&conn, &tenant, &app, &"1.0.0".parse().unwrap(), "leaks sessions").await.unwrap();
+    let mut config = config;
+    config.reconcile = Duration::from_millis(200);
+    let (mut status, stop, task) = start(config);
+    let s = until(&mut status, "three refusals in a row", |s| s.consecutive_failures >= 3).await;
+    assert!(s.last_error.unwrap().contains("leaks sessions"));
+    assert_eq!(s.phase, Phase::Failing);
+    let r = ferry_agent::releases(&conn, &tenant, &app).await.unwrap();
+    assert_eq!(r.deployed_version.as_deref(), Some("3.0.0"));
     stop.send(()).unwrap();
     task.await.unwrap();
 }

@@ -259,7 +259,9 @@ enum VariantsCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = ferry_config::parse();
-    ferry_telemetry::run_main("ferry-agent", "warn", Box::pin(run(cli.command))).await
+    // A long-lived agent logs what it does; a one-shot command prints it.
+    let level = if matches!(cli.command, Command::Watch { .. }) { "info" } else { "warn" };
+    ferry_telemetry::run_main("ferry-agent", level, Box::pin(run(cli.command))).await
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -407,6 +409,7 @@ async fn watch(file: &std::path::Path, check: bool) -> anyhow::Result<()> {
         anyhow::anyhow!("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
     })?;
     if check {
+        ferry_agent::watch::check(&config).map_err(anyhow::Error::msg)?;
         let artifacts: Vec<String> = config.artifacts.iter().map(|a| format!("{}={}", a.name, a.path)).collect();
         print_line(&format!(
             "{}: ok: {}/{}: version from {} every {} s; registry {}; artifacts {}; state in {}",

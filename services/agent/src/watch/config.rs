@@ -19,6 +19,7 @@
 //! # file = "/opt/crm/VERSION"
 //! # command = ["/opt/crm/bin/crm", "--version"]
 //! json_pointer = "/version"              # optional: the answer is JSON
+//! stable_reads = 2                       # optional: act once read this many times in a row
 //! interval_seconds = 30                  # optional (this default)
 //! timeout_seconds = 10                   # optional (this default)
 //! ca_cert = "/etc/ferry/internal-ca.pem" # optional, for an https:// url
@@ -27,7 +28,8 @@
 //! retries = 5                            # attempts within one publish
 //! backoff_max_seconds = 300              # longest wait between failed rounds
 //! reconcile_seconds = 300                # how often the registry is re-checked
-//! compatible = ">=2.4.0, <2.5.0"         # client versions that need not update
+//! compatible = ">=2.4.0, <2.5.0"         # client versions that need not update (new releases)
+//! ready_file = "/opt/crm/releases/{version}/.complete"  # optional: pack only once it exists
 //!
 //! [[artifacts]]                          # one per artifact; {version} is substituted
 //! name = "api"
@@ -66,6 +68,12 @@ pub struct WatchConfig {
     pub interval: Duration,
     /// For one read of the version.
     pub timeout: Duration,
+    /// A new version is acted on once it was read this many times in a
+    /// row (a rolling upgrade of the product may answer old and new).
+    pub stable_reads: u32,
+    /// A file (with `{version}`) that must exist before a new version is
+    /// packed: the product's installer writes it once the files are whole.
+    pub ready_file: Option<String>,
     pub artifacts: Vec<ArtifactTemplate>,
     /// Attempts after a retryable failure within one publish.
     pub retries: u32,
@@ -107,7 +115,7 @@ pub enum VersionSource {
 impl std::fmt::Display for VersionSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (source, pointer) = match self {
-            Self::Http { url, pointer, .. } => (format!("GET {url}"), pointer),
+            Self::Http { url, pointer, .. } => (format!("GET {}", redacted(url)), pointer),
             Self::File { path, pointer } => (format!("file {}", path.display()), pointer),
             Self::Command { argv, pointer } => (format!("command {}", ferry_release::Quoted(&argv.join(" "))), pointer),
         };
@@ -115,6 +123,18 @@ impl std::fmt::Display for VersionSource {
             Some(p) => write!(f, "{source} (JSON at {p})"),
             None => f.write_str(&source),
         }
+    }
+}
+
+/// A URL without the credentials it may carry (for logs and messages).
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -132,12 +152,17 @@ impl ArtifactTemplate {
         ArtifactSpec {
             name: self.name.clone(),
             platforms: self.platforms.clone(),
-            path: PathBuf::from(self.path.replace(PLACEHOLDER, &version.to_string())),
+            path: substitute(&self.path, version),
         }
     }
 }
 
 const PLACEHOLDER: &str = "{version}";
+
+/// A path template with the version substituted.
+pub(crate) fn substitute(template: &str, version: &semver::Version) -> PathBuf {
+    PathBuf::from(template.replace(PLACEHOLDER, &version.to_string()))
+}
 
 /// Reads and checks the configuration at `path`. The token is read now
 /// (from `registry.token_file`, else `FERRY_AGENT_TOKEN` or
@@ -200,6 +225,7 @@ struct RawVersion {
     file: Option<Spanned<String>>,
     command: Option<Spanned<Vec<Spanned<String>>>>,
     json_pointer: Option<Spanned<String>>,
+    stable_reads: Option<Spanned<i64>>,
     interval_seconds: Option<Spanned<i64>>,
     timeout_seconds: Option<Spanned<i64>>,
     ca_cert: Option<Spanned<String>>,
@@ -212,6 +238,7 @@ struct RawPublish {
     backoff_max_seconds: Option<Spanned<i64>>,
     reconcile_seconds: Option<Spanned<i64>>,
     compatible: Option<Spanned<String>>,
+    ready_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +274,25 @@ impl Checker<'_> {
         Some(self.dir.join(value.get_ref()))
     }
 
+    /// A path that names the version as `{version}` (and no other
+    /// placeholder), relative to the file's directory.
+    fn template(&mut self, key: &str, value: &Spanned<String>) -> Option<String> {
+        let raw = value.get_ref();
+        let rest = raw.replace(PLACEHOLDER, "");
+        if rest.contains('{') || rest.contains('}') {
+            self.problem(value, key, "the only placeholder is {version}");
+            return None;
+        }
+        let path = self.path(key, value)?;
+        match path.to_str() {
+            Some(text) => Some(text.to_owned()),
+            None => {
+                self.problem(value, key, "is not UTF-8");
+                None
+            }
+        }
+    }
+
     /// An integer setting within `range`, or `default`.
     fn number(&mut self, key: &str, value: Option<&Spanned<i64>>, range: (i64, i64), default: i64) -> u64 {
         let Some(value) = value else { return default as u64 };
@@ -273,6 +319,8 @@ impl Checker<'_> {
         });
         let connection = self.registry(&raw.registry, env);
         let (source, interval, timeout) = self.version(&raw.version);
+        let stable_reads =
+            self.number("version.stable_reads", raw.version.get_ref().stable_reads.as_ref(), (1, 100), 2) as u32;
         let publish = raw.publish.as_ref().map(Spanned::get_ref);
         let retries = self.number("publish.retries", publish.and_then(|p| p.retries.as_ref()), (0, 100), 5) as u32;
         let backoff_max = self.number(
@@ -298,6 +346,8 @@ impl Checker<'_> {
                 })
                 .ok()
         });
+        let ready_file =
+            publish.and_then(|p| p.ready_file.as_ref()).and_then(|r| self.template("publish.ready_file", r));
         let artifacts = self.artifacts(&raw.artifacts);
         Some(WatchConfig {
             file: self.file.to_owned(),
@@ -307,6 +357,8 @@ impl Checker<'_> {
             source: source?,
             interval,
             timeout,
+            stable_reads,
+            ready_file,
             artifacts,
             retries,
             backoff_max: Duration::from_secs(backoff_max),
@@ -320,7 +372,8 @@ impl Checker<'_> {
     fn registry(&mut self, raw: &Spanned<RawRegistry>, env: EnvSecret<'_>) -> Option<Connection> {
         let r = raw.get_ref();
         let url = r.url.get_ref();
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
+        let parsed = reqwest::Url::parse(url).ok().filter(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+        if !(url.starts_with("https://") || url.starts_with("http://")) || parsed.is_none() {
             self.problem(&r.url, "registry.url", "expected https://host:port (or http://host:port for local use)");
         }
         let token = match &r.token_file {
@@ -353,7 +406,16 @@ impl Checker<'_> {
                 }
             },
         };
-        let ca_cert = r.ca_cert.as_ref().and_then(|c| self.path("registry.ca_cert", c));
+        let ca_cert = r.ca_cert.as_ref().and_then(|c| {
+            let path = self.path("registry.ca_cert", c)?;
+            match std::fs::File::open(&path) {
+                Ok(_) => Some(path),
+                Err(e) => {
+                    self.problem(c, "registry.ca_cert", format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            }
+        });
         Some(Connection { url: url.clone(), token: token?, ca_cert, proxy: Proxy::from_env() })
     }
 
@@ -370,6 +432,12 @@ impl Checker<'_> {
                 None
             }
         });
+        if timeout > interval {
+            let at = v.timeout_seconds.as_ref().map_or(raw.span().start, |t| t.span().start);
+            let (line, column) = self.locator.locate(at);
+            let message = format!("version.timeout_seconds: must not exceed interval_seconds ({interval})");
+            self.problems.push(Problem { file: self.file.to_owned(), line, column, message });
+        }
         let given = [v.url.is_some(), v.file.is_some(), v.command.is_some()].iter().filter(|g| **g).count();
         if given != 1 {
             self.problem(raw, "version", "set exactly one of url, file or command");
@@ -401,9 +469,6 @@ impl Checker<'_> {
                 Some(VersionSource::Command { argv, pointer })
             }
         };
-        if timeout > interval {
-            self.problem(raw, "version.timeout_seconds", format!("must not exceed interval_seconds ({interval})"));
-        }
         (source, Duration::from_secs(interval), Duration::from_secs(timeout))
     }
 
@@ -429,19 +494,15 @@ impl Checker<'_> {
             }
             platforms.sort();
             platforms.dedup();
-            let path = self.path(&key("path"), &a.path).and_then(|path| {
-                let text = path.to_str().map(str::to_owned);
-                let Some(text) = text else {
-                    self.problem(&a.path, &key("path"), "is not UTF-8");
-                    return None;
-                };
-                let rest = text.replace(PLACEHOLDER, "");
-                if rest.contains('{') || rest.contains('}') {
-                    self.problem(&a.path, &key("path"), "the only placeholder is {version}");
-                    return None;
-                }
-                Some(text)
-            });
+            let path = self.template(&key("path"), &a.path);
+            if path.as_ref().is_some_and(|p| !p.contains(PLACEHOLDER)) {
+                tracing::warn!(
+                    artifact = %a.name.get_ref(),
+                    "{}: artifacts[{i}].path has no {{version}}: what is there when a new version is read is \
+                     published as that version; prefer a path per version, or set publish.ready_file",
+                    self.file.display()
+                );
+            }
             if let (Some(name), Some(path)) = (name, path) {
                 out.push(ArtifactTemplate { name, platforms, path });
             }
@@ -564,6 +625,13 @@ path = "b"
     }
 
     #[test]
+    fn credentials_in_the_version_url_are_not_shown() {
+        let source =
+            VersionSource::Http { url: "https://ops:s3cret@crm.internal/v".into(), ca_cert: None, pointer: None };
+        assert_eq!(source.to_string(), "GET https://crm.internal/v");
+    }
+
+    #[test]
     fn a_missing_token_file_is_named() {
         let text = GOOD.replace(
             "url = \"https://registry.example.com:443\"",
@@ -581,9 +649,9 @@ path = "b"
             .replace("interval_seconds = 20", "interval_seconds = 5\ntimeout_seconds = 6");
         let got = problems(&text.replace("token", ""));
         assert!(got.iter().any(|g| g.contains("version.command: name the program")), "{got:?}");
-        assert!(
-            got.iter().any(|g| g.contains("version.timeout_seconds: must not exceed interval_seconds (5)")),
-            "{got:?}"
-        );
+        // At the key itself.
+        let line = text.lines().position(|l| l.starts_with("timeout_seconds")).unwrap() + 1;
+        let expect = format!("agent.toml:{line}:19: version.timeout_seconds: must not exceed interval_seconds (5)");
+        assert!(got.contains(&expect), "{expect} not in {got:?}");
     }
 }

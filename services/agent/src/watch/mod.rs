@@ -48,6 +48,9 @@ pub enum Phase {
     Starting,
     /// The registry deploys what the private system runs.
     UpToDate,
+    /// A new version was read: waiting until it holds for
+    /// `stable_reads` reads, or for its `ready_file`.
+    Waiting,
     /// Packing, publishing or deploying a version.
     Publishing,
     /// The last round failed; it is retried after a back-off.
@@ -82,10 +85,21 @@ pub struct Status {
 enum Outcome {
     /// Nothing to do.
     UpToDate,
+    /// A new version, not acted on yet.
+    Waiting,
     /// The registry already had the version: deployed.
     Deployed,
     /// Packed, published and deployed.
     Published { bytes_sent: u64 },
+}
+
+/// What `watch --check` checks beyond the file: the version source's CA,
+/// and that the state directory can be made (without locking it: an agent
+/// may be running).
+pub fn check(config: &WatchConfig) -> Result<(), String> {
+    Reader::new(config.source.clone(), config.timeout)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| format!("state_dir {}: cannot create: {e}", config.state_dir.display()))
 }
 
 /// A configured watcher, its state directory locked.
@@ -138,13 +152,22 @@ impl Watcher {
         let url = self.config.connection.url.clone();
         let (tenant, app) = (self.config.tenant.to_string(), self.config.app.to_string());
         let mut done = self.state.load().filter(|d| d.registry == url && d.tenant == tenant && d.app == app);
-        let mut checked_at: Option<Instant> = None;
+        // A recent record spares the registry a question at start.
+        let mut checked_at = done.as_ref().and_then(|d| {
+            let age = Duration::from_secs((unix_now() as u64).saturating_sub(d.checked_at_unix));
+            (age < self.config.reconcile).then(|| Instant::now().checked_sub(age)).flatten()
+        });
+        let mut settling = Settling::default();
         loop {
-            let round = self.round(&mut done, &mut checked_at);
+            let round = self.round(&mut done, &mut checked_at, &mut settling);
             let result = tokio::select! {
                 result = round => result,
                 () = &mut stopping => break,
             };
+            if result.is_err() {
+                // Whatever failed, the next round asks the registry again.
+                checked_at = None;
+            }
             let wait = self.record(result);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {},
@@ -161,6 +184,11 @@ impl Watcher {
         self.status.send_modify(|s| {
             s.rounds += 1;
             match &result {
+                Ok(Outcome::Waiting) => {
+                    s.phase = Phase::Waiting;
+                    s.last_error = None;
+                    s.consecutive_failures = 0;
+                }
                 Ok(outcome) => {
                     // A round succeeds when the registry deploys what it read.
                     s.deployed_version.clone_from(&s.observed_version);
@@ -168,7 +196,7 @@ impl Watcher {
                     s.last_error = None;
                     s.consecutive_failures = 0;
                     match outcome {
-                        Outcome::UpToDate => {}
+                        Outcome::UpToDate | Outcome::Waiting => {}
                         Outcome::Deployed => s.deployed += 1,
                         Outcome::Published { .. } => {
                             s.published += 1;
@@ -191,35 +219,53 @@ impl Watcher {
     }
 
     /// One round: read the version, and bring the registry to it.
-    async fn round(&self, done: &mut Option<Done>, checked_at: &mut Option<Instant>) -> Result<Outcome, String> {
+    async fn round(
+        &self,
+        done: &mut Option<Done>,
+        checked_at: &mut Option<Instant>,
+        settling: &mut Settling,
+    ) -> Result<Outcome, String> {
         let version = self.reader.read().await?;
         let observed = version.to_string();
         self.status.send_modify(|s| s.observed_version = Some(observed.clone()));
         let recorded = done.as_ref().is_some_and(|d| d.version == observed);
+        if recorded {
+            *settling = Settling::default();
+        } else if !settling.read(&observed, self.config.stable_reads) {
+            info!(version = %observed, "the product runs another version; waiting for it to hold");
+            return Ok(Outcome::Waiting);
+        }
         let fresh = checked_at.is_some_and(|at| at.elapsed() < self.config.reconcile);
         if recorded && fresh {
             return Ok(Outcome::UpToDate);
         }
         let c = &self.config;
         let conn = &c.connection;
-        let releases = crate::releases(conn, &c.tenant, &c.app).await.map_err(|e| e.to_string())?;
-        *checked_at = Some(Instant::now());
-        let remember = |manifest_id: String, done: &mut Option<Done>| -> Result<(), String> {
+        let releases = tokio::time::timeout(RPC_TIMEOUT, crate::releases(conn, &c.tenant, &c.app))
+            .await
+            .map_err(|_| format!("the registry did not list the releases within {} s", RPC_TIMEOUT.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        let remember = |manifest_id: String, done: &mut Option<Done>, checked_at: &mut Option<Instant>| {
             let d = Done {
                 registry: conn.url.clone(),
                 tenant: c.tenant.to_string(),
                 app: c.app.to_string(),
                 version: observed.clone(),
                 manifest_id,
+                checked_at_unix: unix_now() as u64,
             };
-            self.state.save(&d)?;
+            // The registry knows what is deployed: a record that cannot be
+            // written costs a question to it after a restart, nothing more.
+            if let Err(e) = self.state.save(&d) {
+                warn!(error = %e, "cannot record the round; the next start asks the registry");
+            }
             *done = Some(d);
-            Ok(())
+            *checked_at = Some(Instant::now());
         };
         let published = releases.releases.iter().find(|r| parse_version(&r.version).ok().as_ref() == Some(&version));
         if releases.deployed_version.as_deref().and_then(|v| parse_version(v).ok()).as_ref() == Some(&version) {
             let manifest_id = published.map(|r| r.manifest_id.clone()).unwrap_or_default();
-            remember(manifest_id, done)?;
+            remember(manifest_id, done, checked_at);
             return Ok(Outcome::UpToDate);
         }
         self.status.send_modify(|s| s.phase = Phase::Publishing);
@@ -233,11 +279,19 @@ impl Watcher {
                 }
                 None => info!(version = %observed, "deploying the published version the private system runs"),
             }
-            crate::deploy_with(conn, &c.tenant, &c.app, &version, c.compatible.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
-            remember(release.manifest_id.clone(), done)?;
+            // Only deployed: the release keeps the compatible versions it
+            // was published with.
+            crate::deploy(conn, &c.tenant, &c.app, &version).await.map_err(|e| e.to_string())?;
+            remember(release.manifest_id.clone(), done, checked_at);
             return Ok(Outcome::Deployed);
+        }
+        if let Some(ready) = &c.ready_file {
+            let ready = config::substitute(ready, &version);
+            if !ready.exists() {
+                info!(version = %observed, ready_file = %ready.display(), "waiting for the release files to be complete");
+                self.status.send_modify(|s| s.phase = Phase::Waiting);
+                return Ok(Outcome::Waiting);
+            }
         }
         info!(version = %observed, "the private system runs a new version; publishing it");
         let req = PublishRequest {
@@ -256,8 +310,33 @@ impl Watcher {
             bytes_sent = summary.bytes_sent,
             "published and deployed"
         );
-        remember(summary.manifest_id.clone(), done)?;
+        remember(summary.manifest_id.clone(), done, checked_at);
         Ok(Outcome::Published { bytes_sent: summary.bytes_sent })
+    }
+}
+
+/// How long a listing of the releases may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A version read that is not yet acted on, and how many reads in a row
+/// gave it.
+#[derive(Debug, Default)]
+struct Settling {
+    version: Option<String>,
+    reads: u32,
+}
+
+impl Settling {
+    /// Counts a read of `version`; whether it has now held for `needed`
+    /// reads in a row.
+    fn read(&mut self, version: &str, needed: u32) -> bool {
+        if self.version.as_deref() == Some(version) {
+            self.reads = self.reads.saturating_add(1);
+        } else {
+            self.version = Some(version.to_owned());
+            self.reads = 1;
+        }
+        self.reads >= needed
     }
 }
 
@@ -265,6 +344,7 @@ impl Outcome {
     fn label_and_bytes(self) -> (&'static str, u64) {
         match self {
             Outcome::UpToDate => ("up_to_date", 0),
+            Outcome::Waiting => ("waiting", 0),
             Outcome::Deployed => ("deployed", 0),
             Outcome::Published { bytes_sent } => ("published", bytes_sent),
         }
@@ -285,6 +365,16 @@ fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_acts_once_it_holds() {
+        let mut s = Settling::default();
+        assert!(!s.read("2.0.0", 2));
+        assert!(!s.read("1.0.0", 2), "a flap starts the count again");
+        assert!(!s.read("2.0.0", 2));
+        assert!(s.read("2.0.0", 2));
+        assert!(s.read("3.0.0", 1));
+    }
 
     #[test]
     fn back_off_doubles_up_to_the_limit() {

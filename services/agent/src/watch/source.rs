@@ -88,27 +88,35 @@ async fn read_file(path: &Path) -> Result<String, String> {
     utf8(bytes)
 }
 
-/// Runs the command without a shell; its stdout is the answer. It is
-/// killed if the read times out (the future is dropped).
+/// Runs the command without a shell, in a process group of its own; its
+/// stdout is the answer. When the read ends early (a timeout drops this
+/// future, or the output is too large) the whole group is killed, so
+/// children of a wrapper script do not linger. The agent's token is not
+/// passed on.
 async fn run(argv: &[String]) -> Result<String, String> {
-    let mut child = tokio::process::Command::new(&argv[0])
+    let mut command = tokio::process::Command::new(&argv[0]);
+    command
         .args(&argv[1..])
+        .env_remove("FERRY_AGENT_TOKEN")
+        .env_remove("FERRY_AGENT_TOKEN_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start: {e}"))?;
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let group = KillGroup(child.id());
     let mut stdout = child.stdout.take().expect("piped").take(MAX_ANSWER_BYTES as u64 + 1);
-    let stderr = child.stderr.take().expect("piped");
+    let stderr = tokio::spawn(tail(child.stderr.take().expect("piped"), 4096));
     let mut out = Vec::new();
-    let (read_out, read_err) = tokio::join!(stdout.read_to_end(&mut out), tail(stderr, 4096));
-    let err = read_err.map_err(|e| e.to_string())?;
-    read_out.map_err(|e| e.to_string())?;
+    stdout.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
     if out.len() > MAX_ANSWER_BYTES {
         return Err(format!("printed more than {MAX_ANSWER_BYTES} bytes"));
     }
     let status = child.wait().await.map_err(|e| e.to_string())?;
+    let err = stderr.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    // The command is done; what it left behind goes with the group.
+    drop(group);
     if !status.success() {
         let said = String::from_utf8_lossy(&err);
         let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
@@ -116,6 +124,18 @@ async fn run(argv: &[String]) -> Result<String, String> {
         return Err(format!("exited with {status}{said}"));
     }
     utf8(out)
+}
+
+/// Kills a process group when dropped.
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+            // Gone already is fine.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// The last `keep` bytes of a stream read to its end (a chatty command
@@ -244,8 +264,27 @@ mod tests {
         let e =
             reader(sh("head -c 100000 /dev/zero >&2; echo >&2; echo boom >&2; exit 3"), 5000).read().await.unwrap_err();
         assert!(e.contains("exited with exit status: 3: \"boom\""), "{e}");
-        let e = reader(sh("exec sleep 30"), 200).read().await.unwrap_err();
-        assert!(e.contains("no answer within 0.2 s"), "{e}");
+        // A wrapper whose child would outlive it: the whole group goes.
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let e = reader(sh(&script), 300).read().await.unwrap_err();
+        assert!(e.contains("no answer within 0.3 s"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Killed: gone, or a zombie until init reaps it (it is not our child).
+        let alive = || {
+            let zombie = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+                .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')));
+            rustix::process::test_kill_process(pid).is_ok() && !zombie
+        };
+        while alive() {
+            assert!(std::time::Instant::now() < deadline, "the wrapper's child outlived the timeout");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let e = reader(sh("yes 1.0.0"), 5000).read().await.unwrap_err();
+        assert!(e.contains("printed more than 65536 bytes"), "{e}");
         let missing = VersionSource::Command { argv: vec!["/nonexistent/crm".into()], pointer: None };
         let e = reader(missing, 5000).read().await.unwrap_err();
         assert!(e.contains("cannot start"), "{e}");

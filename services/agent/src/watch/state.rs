@@ -21,6 +21,9 @@ pub(crate) struct Done {
     pub(crate) app: String,
     pub(crate) version: String,
     pub(crate) manifest_id: String,
+    /// When the registry was last seen deploying it (Unix seconds).
+    #[serde(default)]
+    pub(crate) checked_at_unix: u64,
 }
 
 /// The state directory, locked while the agent runs.
@@ -36,7 +39,8 @@ impl StateDir {
     pub(crate) fn open(dir: &Path, tenant: &str, app: &str) -> Result<Self, String> {
         let fail = |what: &str, e: std::io::Error| format!("state_dir {}: {what}: {e}", dir.display());
         std::fs::create_dir_all(dir).map_err(|e| fail("cannot create", e))?;
-        let name = format!("watch-{tenant}-{app}");
+        // Names cannot contain '.': no two tenant/app pairs share a file.
+        let name = format!("watch.{tenant}.{app}");
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -96,12 +100,16 @@ mod tests {
             app: "crm".into(),
             version: "1.0.0".into(),
             manifest_id: "ab".into(),
+            checked_at_unix: 1,
         };
         state.save(&done).unwrap();
         let e = StateDir::open(&dir.path().join("s"), "acme", "crm").err().unwrap();
         assert!(e.contains("another agent is watching acme/crm"), "{e}");
-        // Another app may share the directory.
+        // Another app may share the directory, even one whose names join
+        // to the same words.
         StateDir::open(&dir.path().join("s"), "acme", "erp").unwrap();
+        let _a = StateDir::open(&dir.path().join("s"), "acme-eu", "crm").unwrap();
+        let _b = StateDir::open(&dir.path().join("s"), "acme", "eu-crm").unwrap();
         drop(state);
         // Another test of this process may be forking a command right now:
         // its child holds a copy of the lock until it execs.
@@ -114,7 +122,7 @@ mod tests {
             }
         };
         assert_eq!(state.load(), Some(done));
-        std::fs::write(dir.path().join("s/watch-acme-crm.json"), "{").unwrap();
+        std::fs::write(dir.path().join("s/watch.acme.crm.json"), "{").unwrap();
         assert_eq!(state.load(), None);
     }
 }
