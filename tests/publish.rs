@@ -511,7 +511,7 @@ async fn many_concurrent_commits_with_deploy_never_deadlock() {
     stack.meta.save_manifest(tenant_id, &ferry_store::SavedManifest::of(&manifest, &body)).await.unwrap();
     for round in 0..10 {
         let commits = (0..6).map(|i| {
-            let version: semver::Version = format!("{round}.{i}.0").parse().unwrap();
+            let version: ferry_release::Version = format!("{round}.{i}.0").parse().unwrap();
             let meta = stack.meta.clone();
             let options = ferry_store::CommitOptions { deploy: true, ..Default::default() };
             async move { meta.commit_release(tenant_id, app_id, &version, id, options).await }

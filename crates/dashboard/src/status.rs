@@ -262,7 +262,7 @@ pub(crate) async fn find_app(meta: &Meta, tenant: &str, app: &str) -> Result<Opt
 
 /// Orders version strings newest first (semver; what does not parse last).
 pub(crate) fn by_version_desc(a: &str, b: &str) -> Ordering {
-    match (semver::Version::parse(a), semver::Version::parse(b)) {
+    match (ferry_release::Version::parse_any(a), ferry_release::Version::parse_any(b)) {
         (Ok(a), Ok(b)) => b.cmp(&a),
         (Ok(_), Err(_)) => Ordering::Less,
         (Err(_), Ok(_)) => Ordering::Greater,

@@ -21,4 +21,4 @@ pub use manifest::{
 pub use name::{Name, NameError};
 pub use pack::{ArtifactSpec, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, PackError, WalkedFile, pack, pack_file, walk};
 pub use quote::Quoted;
-pub use version::{VersionError, parse_version};
+pub use version::{Version, VersionError, Versioning, parse_version};

@@ -63,7 +63,7 @@ impl fmt::Display for ManifestId {
 /// Everything one release consists of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
-    pub version: semver::Version,
+    pub version: crate::Version,
     /// Whose release this is; `None` only in manifests of format version 1.
     pub owner: Option<Owner>,
     /// Sorted by name, names unique.
@@ -684,7 +684,7 @@ mod tests {
         .prop_map(move |files| (ArtifactKind::Directory, files.into_iter().map(|(p, e)| file(p, e)).collect()));
         let artifact = (prop_oneof![single, tree], proptest::collection::btree_set(name, 0..3));
         let version = (0u64..30, 0u64..300, 0u64..70_000, "(-(rc|beta)\\.(0|[1-9][0-9]?))?(\\+b[0-9]{1,3})?")
-            .prop_map(|(a, b, c, tail)| format!("{a}.{b}.{c}{tail}").parse::<semver::Version>().unwrap());
+            .prop_map(|(a, b, c, tail)| format!("{a}.{b}.{c}{tail}").parse::<crate::Version>().unwrap());
         let artifacts = proptest::collection::btree_map(name, artifact, 1..4);
         let owner = proptest::option::of((name, name)).prop_map(|o| {
             o.map(|(t, a)| Owner { tenant: Name::parse("tenant", &t).unwrap(), app: Name::parse("app", &a).unwrap() })

@@ -99,7 +99,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
 /// Packs `specs` into the manifest of `version`. `progress` is called with
 /// the number of bytes just processed, from any thread.
 pub fn pack(
-    version: semver::Version,
+    version: crate::Version,
     specs: &[ArtifactSpec],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Manifest, PackError> {
@@ -495,7 +495,7 @@ mod tests {
         let empty = dir.path().join("empty.apk");
         fs::write(&empty, b"").unwrap();
         let spec = ArtifactSpec::parse(&format!("mobile={}", empty.display())).unwrap();
-        let v: semver::Version = "1.0.0".parse().unwrap();
+        let v: crate::Version = "1.0.0".parse().unwrap();
         assert!(matches!(pack(v.clone(), std::slice::from_ref(&spec), &|_| {}), Err(PackError::Empty { .. })));
         assert!(matches!(pack(v.clone(), &[spec.clone(), spec], &|_| {}), Err(PackError::Duplicate(_))));
         let missing = ArtifactSpec::parse("api=/nonexistent/openapi.json").unwrap();

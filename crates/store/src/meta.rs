@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use ferry_release::{Hash, ManifestId, Name};
+use ferry_release::{Hash, ManifestId, Name, Versioning};
 use tokio_postgres::error::SqlState;
 
 use crate::error::StoreError;
@@ -90,6 +90,8 @@ impl std::fmt::Debug for KeyRecord {
 #[derive(Debug, Clone)]
 pub struct AppReleases {
     pub app_id: i64,
+    /// How the app writes and orders its versions.
+    pub versioning: Versioning,
     /// The deployed version, if any.
     pub deployed: Option<String>,
     /// The id of the app's latest deploy (rises with every deploy, rollback
@@ -214,10 +216,19 @@ impl Meta {
     }
 
     pub async fn create_app(&self, tenant: &Name, app: &Name) -> Result<(), StoreError> {
+        self.create_app_with(tenant, app, Versioning::Semver).await
+    }
+
+    /// Creates an app whose versions are written in `versioning` (for
+    /// good: an app never mixes schemes).
+    pub async fn create_app_with(&self, tenant: &Name, app: &Name, versioning: Versioning) -> Result<(), StoreError> {
         let tenant_id = self.tenant_id(tenant).await?;
         let client = self.client().await?;
         client
-            .execute("INSERT INTO apps (tenant_id, name) VALUES ($1, $2)", &[&tenant_id, &app.as_str()])
+            .execute(
+                "INSERT INTO apps (tenant_id, name, versioning) VALUES ($1, $2, $3)",
+                &[&tenant_id, &app.as_str(), &versioning.as_str()],
+            )
             .await
             .map_err(|e| unique_violation(e, || format!("app {tenant}/{app} already exists")))?;
         Ok(())
@@ -231,11 +242,19 @@ impl Meta {
 
     /// The app's id, if the tenant has such an app.
     pub async fn app_id(&self, tenant_id: i64, app: &Name) -> Result<Option<i64>, StoreError> {
+        Ok(self.app(tenant_id, app).await?.map(|(id, _)| id))
+    }
+
+    /// The app's id and version scheme, if the tenant has such an app.
+    pub async fn app(&self, tenant_id: i64, app: &Name) -> Result<Option<(i64, Versioning)>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id FROM apps WHERE tenant_id = $1 AND name = $2", &[&tenant_id, &app.as_str()])
+            .query_opt(
+                "SELECT id, versioning FROM apps WHERE tenant_id = $1 AND name = $2",
+                &[&tenant_id, &app.as_str()],
+            )
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        row.map(|r| Ok((r.get(0), versioning(r.get(1))?))).transpose()
     }
 
     /// Creates a key and returns it; the secret is not stored.
@@ -361,7 +380,7 @@ impl Meta {
                 "SELECT a.id, d.version, r.version, r.manifest_id, r.created_at, r.compatible, m.content_id, \
                  m.owner_tenant, m.owner_app, \
                  (SELECT max(id) FROM deployments WHERE app_id = a.id), \
-                 l.id, l.bucket, l.prefix, l.public_endpoint, r.yanked_at IS NOT NULL FROM apps a \
+                 l.id, l.bucket, l.prefix, l.public_endpoint, r.yanked_at IS NOT NULL, a.versioning FROM apps a \
                  LEFT JOIN releases d ON d.id = a.deployed_release_id \
                  LEFT JOIN releases r ON r.app_id = a.id \
                  LEFT JOIN manifests m ON m.tenant_id = r.tenant_id AND m.id = r.manifest_id \
@@ -373,6 +392,7 @@ impl Meta {
         let Some(first) = rows.first() else { return Ok(None) };
         let (app_id, deployed): (i64, Option<String>) = (first.get(0), first.get(1));
         let deployment_seq: Option<i64> = first.get(9);
+        let versioning = versioning(first.get(15))?;
         let mut releases = Vec::with_capacity(rows.len());
         for row in &rows {
             let Some(version) = row.get::<_, Option<String>>(2) else { continue };
@@ -392,7 +412,7 @@ impl Meta {
                 yanked: row.get::<_, Option<bool>>(14).unwrap_or(false),
             });
         }
-        Ok(Some(AppReleases { app_id, deployed, deployment_seq, releases }))
+        Ok(Some(AppReleases { app_id, versioning, deployed, deployment_seq, releases }))
     }
 
     /// The published release of `app_id` whose version has the same
@@ -401,7 +421,7 @@ impl Meta {
     pub async fn release_like(
         &self,
         app_id: i64,
-        version: &semver::Version,
+        version: &ferry_release::Version,
     ) -> Result<Option<(String, ManifestId)>, StoreError> {
         let client = self.client().await?;
         let row = client
@@ -580,7 +600,7 @@ impl Meta {
         &self,
         tenant_id: i64,
         app_id: i64,
-        version: &semver::Version,
+        version: &ferry_release::Version,
         manifest: ManifestId,
         options: CommitOptions<'_>,
     ) -> Result<CommitOutcome, StoreError> {
@@ -711,10 +731,16 @@ async fn record_deploy(
     Ok(previous)
 }
 
-/// A version without its build metadata: what orders it (semver item 11),
-/// and what the `releases.precedence` column holds.
-fn precedence(version: &semver::Version) -> String {
-    semver::Version { build: semver::BuildMetadata::EMPTY, ..version.clone() }.to_string()
+/// What orders a version, without build metadata (semver item 11; `1.0`
+/// and `1.0.0` of a dotted app are one version), as the
+/// `releases.precedence` column holds it.
+fn precedence(version: &ferry_release::Version) -> String {
+    version.precedence()
+}
+
+/// A stored version scheme (the column's CHECK keeps it one of three).
+fn versioning(stored: &str) -> Result<Versioning, StoreError> {
+    stored.parse().map_err(StoreError::Integrity)
 }
 
 fn stored_manifest_id(bytes: &[u8]) -> Result<ManifestId, StoreError> {
@@ -727,13 +753,14 @@ fn stored_manifest_id(bytes: &[u8]) -> Result<ManifestId, StoreError> {
 /// immutable, and build metadata does not tell versions apart).
 pub fn ensure_same_release(
     (existing_version, existing_manifest): &(String, ManifestId),
-    version: &semver::Version,
+    version: &ferry_release::Version,
     manifest: ManifestId,
 ) -> Result<(), StoreError> {
     if *existing_version != version.to_string() {
         return Err(StoreError::Conflict(format!(
             "version {version} has the same precedence as the published version {existing_version} (build metadata \
-             does not order versions, so clients could not tell them apart); publish a new version instead"
+             does not order versions, nor do trailing zeros of dotted versions, so clients could not tell them \
+             apart); publish a new version instead"
         )));
     }
     if *existing_manifest != manifest {

@@ -29,7 +29,7 @@ use crate::publish::{file_chunks, source_paths, upload, upload_plan};
 #[derive(Debug, Clone)]
 pub enum Base {
     /// The release of this version, as this machine bundled it.
-    Version(semver::Version),
+    Version(ferry_release::Version),
     /// The manifest with this id (hex), as this machine bundled it.
     Manifest(String),
 }
@@ -39,7 +39,7 @@ pub enum Base {
 pub struct BundleRequest {
     pub tenant: Name,
     pub app: Name,
-    pub version: semver::Version,
+    pub version: ferry_release::Version,
     pub artifacts: Vec<ArtifactSpec>,
     /// The file to write (it must not exist).
     pub out: PathBuf,

@@ -623,7 +623,7 @@ fn parse_compatible(value: &str) -> Result<semver::VersionReq, String> {
     semver::VersionReq::parse(value).map_err(|e| format!("not a semver requirement such as '>=2.4.0, <2.5.0': {e}"))
 }
 
-fn parse_target(t: &Target) -> anyhow::Result<(Connection, Name, Name, semver::Version)> {
+fn parse_target(t: &Target) -> anyhow::Result<(Connection, Name, Name, ferry_release::Version)> {
     let conn = t.registry.connection();
     let Some(tenant) = &t.tenant else { anyhow::bail!("name the tenant: --tenant or FERRY_TENANT") };
     let Some(app) = &t.app else { anyhow::bail!("name the app: --app or FERRY_APP") };

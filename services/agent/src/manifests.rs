@@ -45,7 +45,7 @@ impl ManifestCache {
         &self,
         tenant: &Name,
         app: &Name,
-        version: &semver::Version,
+        version: &ferry_release::Version,
     ) -> Result<Option<Manifest>, String> {
         let path = self.app_dir(tenant, app).join(format!("{version}.manifest"));
         match std::fs::read(&path) {

@@ -25,7 +25,7 @@ const MESSAGE_BYTES: usize = 1024 * 1024;
 pub struct PublishRequest {
     pub tenant: Name,
     pub app: Name,
-    pub version: semver::Version,
+    pub version: ferry_release::Version,
     pub artifacts: Vec<ArtifactSpec>,
     /// Also record the version as deployed.
     pub deploy: bool,
@@ -323,7 +323,7 @@ pub async fn deploy(
     conn: &Connection,
     tenant: &Name,
     app: &Name,
-    version: &semver::Version,
+    version: &ferry_release::Version,
 ) -> Result<DeploySummary, AgentError> {
     deploy_with(conn, tenant, app, version, None).await
 }
@@ -334,7 +334,7 @@ pub async fn deploy_with(
     conn: &Connection,
     tenant: &Name,
     app: &Name,
-    version: &semver::Version,
+    version: &ferry_release::Version,
     compatible: Option<&semver::VersionReq>,
 ) -> Result<DeploySummary, AgentError> {
     let mut client = conn.connect().await?;

@@ -89,7 +89,7 @@ pub async fn yank(
     conn: &Connection,
     tenant: &Name,
     app: &Name,
-    version: &semver::Version,
+    version: &ferry_release::Version,
     reason: &str,
 ) -> Result<YankSummary, AgentError> {
     let mut client = conn.connect().await?;

@@ -45,11 +45,17 @@ fn assert_error(result: (bool, String), needle: &str) {
     assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
 }
 
+/// What is a version in no scheme is refused before anything is sent
+/// (whether it is the app's scheme is the registry's call).
 #[test]
-fn version_that_is_not_semver_is_refused() {
+fn version_that_is_no_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let api = file(dir.path(), "openapi.json", b"{}");
-    assert_error(publish("2.4", &[format!("api={api}")]), "invalid version \"2.4\"");
+    assert_error(
+        publish("latest", &[format!("api={api}")]),
+        "invalid version \"latest\": expected semantic versioning",
+    );
+    assert_error(publish("2.4-rc", &[format!("api={api}")]), "an integer version code (42) or dotted numbers");
     assert_error(publish("v2.4.1", &[format!("api={api}")]), "drop the leading 'v'");
 }
 

@@ -421,6 +421,10 @@ impl Gateway {
         let have = optional(&p.have).map(parse_manifest_id).transpose()?;
 
         let view = self.app_view(&auth, &state, &tenant, &app).await?;
+        view.conforms("version", &current)?;
+        if let Some(want) = &want {
+            view.conforms("want", want)?;
+        }
         let target = match (&want, &view.deployed) {
             (Some(want), _) => view
                 .versions
@@ -439,7 +443,7 @@ impl Gateway {
         // A device on a withdrawn release must always move.
         let current_yanked = view.versions.iter().any(|v| v.yanked && v.version == current);
         let required = action != Action::None
-            && (current_yanked || target.compatible.as_ref().is_none_or(|req| !req.matches(&current)));
+            && (current_yanked || target.compatible.as_ref().is_none_or(|req| !current.satisfies(req)));
         let last_failure = match p.caller.device.as_deref().filter(|d| !d.is_empty()) {
             Some(device) => {
                 self.inner.census.record(view.app_id, device, current_str, (self.inner.clock)());
@@ -672,6 +676,11 @@ impl Gateway {
         let report =
             ferry_reports::Report::validate(input).map_err(|e| GatewayError::invalid_field(e.field, e.reason))?;
         let view = self.app_view(&auth, &state, &tenant, &app).await?;
+        for (field, version) in [("from_version", &report.from_version), ("to_version", &report.to_version)] {
+            version.conforms(view.versioning).map_err(|e| {
+                GatewayError::invalid_field(field, format!("{e}: the app uses {} versioning", view.versioning))
+            })?;
+        }
         let (device, outcome) = (report.device_id.clone(), report.outcome);
         let failure = (outcome != ferry_reports::Outcome::Success).then(|| {
             Arc::new(ferry_reports::LastFailure {
@@ -719,6 +728,9 @@ impl Gateway {
             true => view,
             false => self.load_app_view(auth.tenant_id, &app).await?.unwrap_or(view),
         };
+        if let Some(current) = &current {
+            view.conforms("version", current)?;
+        }
         if !self.inner.hub.admit(self.inner.config.max_watches) {
             self.inner.metrics.shed("watches");
             let wait = 5 + (crate::watch::fastrand_fraction() * 25.0) as u64;

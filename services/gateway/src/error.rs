@@ -73,7 +73,7 @@ impl GatewayError {
         )
     }
 
-    pub(crate) fn version_not_published(tenant: &str, app: &str, version: &semver::Version) -> Self {
+    pub(crate) fn version_not_published(tenant: &str, app: &str, version: &ferry_release::Version) -> Self {
         Self::new(
             ErrorKind::NotFound,
             "version_not_found",

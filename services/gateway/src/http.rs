@@ -112,7 +112,9 @@ struct CheckQuery {
     /// App name, e.g. `crm`.
     #[param(required = true)]
     app: Option<String>,
-    /// The version the client runs (semantic versioning).
+    /// The version the client runs, in the app's versioning: semantic
+    /// versioning (`2.3.0`, the default), an integer code (`42`) or dotted
+    /// numbers (`2024.01.3`), as the app was created with.
     #[param(required = true, example = "2.3.0")]
     version: Option<String>,
     /// The client's platform, e.g. `android`: selects platform-tagged artifacts.

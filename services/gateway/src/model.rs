@@ -21,7 +21,7 @@ pub enum Action {
 
 impl Action {
     /// What a client running `current` does to run `target`.
-    pub fn between(current: &semver::Version, target: &semver::Version) -> Self {
+    pub fn between(current: &ferry_release::Version, target: &ferry_release::Version) -> Self {
         match current.cmp_precedence(target) {
             std::cmp::Ordering::Equal => Action::None,
             std::cmp::Ordering::Less => Action::Upgrade,
@@ -321,7 +321,8 @@ pub struct DeletedFile {
 pub struct VersionList {
     /// The deployed version, if any.
     pub deployed: Option<String>,
-    /// Newest first (semantic versioning order).
+    /// Newest first, in the app's version order (semver precedence,
+    /// integer codes, or dotted numbers compared one by one).
     pub versions: Vec<VersionInfo>,
 }
 

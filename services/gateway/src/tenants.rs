@@ -74,14 +74,30 @@ pub(crate) enum Lookup {
 /// An app's releases, newest first.
 pub(crate) struct AppView {
     pub(crate) app_id: i64,
-    pub(crate) deployed: Option<semver::Version>,
+    /// How the app writes its versions: a client's must be of it.
+    pub(crate) versioning: ferry_release::Versioning,
+    pub(crate) deployed: Option<ferry_release::Version>,
     /// The id of the app's latest deploy (orders push notices).
     pub(crate) deployment_seq: i64,
     pub(crate) versions: Vec<VersionEntry>,
 }
 
+impl AppView {
+    /// Refuses a client's version (parameter `param`) that is not of the
+    /// app's scheme.
+    pub(crate) fn conforms(
+        &self,
+        param: &str,
+        version: &ferry_release::Version,
+    ) -> Result<(), crate::error::GatewayError> {
+        version.conforms(self.versioning).map_err(|e| {
+            crate::error::GatewayError::invalid(param, format!("{e}: the app uses {} versioning", self.versioning))
+        })
+    }
+}
+
 pub(crate) struct VersionEntry {
-    pub(crate) version: semver::Version,
+    pub(crate) version: ferry_release::Version,
     pub(crate) manifest_id: ManifestId,
     /// The id of its files alone: what download lists are keyed by, so
     /// tenants running the same files share them.
@@ -233,6 +249,7 @@ pub(crate) async fn load_app_view(meta: &Meta, tenant_id: i64, app: &Name) -> Re
     let deployed = rows.deployed.and_then(|v| parse_version(&v).ok());
     Ok(Some(Arc::new(AppView {
         app_id: rows.app_id,
+        versioning: rows.versioning,
         deployed,
         deployment_seq: rows.deployment_seq.unwrap_or(0),
         versions,
@@ -301,7 +318,13 @@ mod tests {
     }
 
     fn view(app_id: i64) -> Option<Arc<AppView>> {
-        Some(Arc::new(AppView { app_id, deployed: None, deployment_seq: 0, versions: Vec::new() }))
+        Some(Arc::new(AppView {
+            app_id,
+            versioning: ferry_release::Versioning::Semver,
+            deployed: None,
+            deployment_seq: 0,
+            versions: Vec::new(),
+        }))
     }
 
     fn id(lookup: Lookup) -> (&'static str, Option<i64>, bool) {

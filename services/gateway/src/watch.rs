@@ -46,7 +46,7 @@ pub(crate) struct Deployment {
     pub(crate) seq: i64,
     /// The event id: `<seq>-<digest of the fields below>`.
     pub(crate) id: String,
-    pub(crate) version: semver::Version,
+    pub(crate) version: ferry_release::Version,
     pub(crate) version_text: String,
     pub(crate) manifest_id: String,
     pub(crate) compatible: Option<semver::VersionReq>,
@@ -86,12 +86,12 @@ impl Deployment {
     }
 
     /// The notice for a client running `current` (if it said).
-    pub(crate) fn notice(&self, current: Option<&semver::Version>) -> DeployNotice {
+    pub(crate) fn notice(&self, current: Option<&ferry_release::Version>) -> DeployNotice {
         let (action, required) = match current {
             Some(current) => {
                 let action = Action::between(current, &self.version);
                 let required =
-                    action != Action::None && self.compatible.as_ref().is_none_or(|req| !req.matches(current));
+                    action != Action::None && self.compatible.as_ref().is_none_or(|req| !current.satisfies(req));
                 (Some(action), Some(required))
             }
             None => (None, None),
@@ -328,7 +328,7 @@ pub enum WatchItem {
 pub struct Watcher {
     pub(crate) gateway: crate::core::Gateway,
     pub(crate) receiver: watch::Receiver<State>,
-    pub(crate) current: Option<semver::Version>,
+    pub(crate) current: Option<ferry_release::Version>,
     /// The last event the client has seen, and its deploy sequence number:
     /// nothing older is sent (another replica may lag behind the one the
     /// client came from).

@@ -12,7 +12,16 @@ pub enum AdminCommand {
     /// Creates a tenant (a customer and its private cloud).
     CreateTenant { tenant: String },
     /// Creates an app of a tenant, e.g. `crm`.
-    CreateApp { tenant: String, app: String },
+    CreateApp {
+        tenant: String,
+        app: String,
+        /// How the app's versions are written and ordered, for good:
+        /// `semver` (2.4.1, 2.5.0-rc.1), `code` (integer version codes:
+        /// 41, 42) or `dotted` (numbers separated by dots, compared one by
+        /// one: 1.0, 2024.01.3).
+        #[arg(long, default_value = "semver", value_parser = ["semver", "code", "dotted"])]
+        versioning: String,
+    },
     /// Issues an API key and prints it (only the key) on stdout. It is
     /// stored hashed: it cannot be shown again.
     IssueKey {
@@ -122,10 +131,11 @@ pub async fn run(meta: &Meta, command: AdminCommand) -> anyhow::Result<AdminOutp
             meta.create_tenant(&tenant).await?;
             format!("created tenant {tenant}")
         }
-        AdminCommand::CreateApp { tenant, app } => {
+        AdminCommand::CreateApp { tenant, app, versioning } => {
             let (tenant, app) = (name("tenant", &tenant)?, name("app", &app)?);
-            meta.create_app(&tenant, &app).await?;
-            format!("created app {tenant}/{app}")
+            let versioning: ferry_release::Versioning = versioning.parse().map_err(anyhow::Error::msg)?;
+            meta.create_app_with(&tenant, &app, versioning).await?;
+            format!("created app {tenant}/{app} ({versioning} versioning)")
         }
         AdminCommand::IssueKey { tenant, role, tenants } => {
             let role = KeyRole::parse(&role).expect("clap restricts the role");

@@ -2,7 +2,6 @@
 //! (issue 14): `ListReleases` and `YankRelease`.
 
 use ferry_proto::registry::v1 as pb;
-use ferry_release::parse_version;
 use ferry_store::{MAX_YANK_REASON, YankOutcome, rfc3339};
 use tracing::info;
 
@@ -17,8 +16,9 @@ pub(crate) async fn yank(
     actor: &Actor,
     req: pb::YankReleaseRequest,
 ) -> Result<pb::YankReleaseResponse, RegistryError> {
-    let app_id = registry.app_id(&actor.auth, &req.app).await?;
-    let version = parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
+    let app = registry.app(&actor.auth, &req.app).await?;
+    let app_id = app.id;
+    let version = app.version(&req.version)?.to_string();
     let reason = req.reason.trim();
     // Control and invisible formatting characters (bidi overrides,
     // zero-width) would make what operators read differ from what is kept.

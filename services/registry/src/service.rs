@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ferry_auth::Caller;
 use ferry_proto::registry::v1 as pb;
-use ferry_release::{CHUNK_MAX, Hash, Manifest, ManifestId, Name, parse_version};
+use ferry_release::{CHUNK_MAX, Hash, Manifest, ManifestId, Name, Version, Versioning};
 use ferry_store::{Authenticated, Blobs, CommitOptions, KeyRole, Meta};
 use futures::StreamExt;
 use tonic::metadata::MetadataMap;
@@ -222,13 +222,23 @@ impl Registry {
     }
 
     pub(crate) async fn app_id(&self, auth: &Authenticated, app: &str) -> Result<i64, RegistryError> {
-        let app = parse_name("app", app)?;
-        self.meta.app_id(auth.tenant_id, &app).await?.ok_or_else(|| {
-            RegistryError::NotFound(format!(
-                "app {}/{app} does not exist; create it with `ferry-registry admin create-app {} {app}`",
-                auth.tenant, auth.tenant
-            ))
-        })
+        Ok(self.app(auth, app).await?.id)
+    }
+
+    /// The app (its id and version scheme), or NOT_FOUND naming how to
+    /// create it.
+    pub(crate) async fn app(&self, auth: &Authenticated, app: &str) -> Result<AppRef, RegistryError> {
+        let name = parse_name("app", app)?;
+        let found = self.meta.app(auth.tenant_id, &name).await?;
+        let app = name;
+        found.map(|(id, versioning)| AppRef { id, versioning, name: format!("{}/{app}", auth.tenant) }).ok_or_else(
+            || {
+                RegistryError::NotFound(format!(
+                    "app {}/{app} does not exist; create it with `ferry-registry admin create-app {} {app}`",
+                    auth.tenant, auth.tenant
+                ))
+            },
+        )
     }
 
     pub(crate) async fn prepare(
@@ -237,9 +247,11 @@ impl Registry {
         req: pb::PrepareReleaseRequest,
     ) -> Result<pb::PrepareReleaseResponse, RegistryError> {
         let auth = &actor.auth;
-        let app_id = self.app_id(auth, &req.app).await?;
+        let app = self.app(auth, &req.app).await?;
+        let app_id = app.id;
         let manifest =
             Manifest::decode(&req.manifest).map_err(|e| RegistryError::InvalidArgument(format!("manifest: {e}")))?;
+        app.check(&manifest.version)?;
         let id = ManifestId(*blake3::hash(&req.manifest).as_bytes());
         check_owner(auth, &req.app, &manifest)?;
         let files = manifest.files().count();
@@ -355,7 +367,8 @@ impl Registry {
         req: pb::CommitReleaseRequest,
     ) -> Result<pb::CommitReleaseResponse, RegistryError> {
         let auth = &actor.auth;
-        let app_id = self.app_id(auth, &req.app).await?;
+        let app = self.app(auth, &req.app).await?;
+        let app_id = app.id;
         let id = ManifestId::from_slice(&req.manifest_id)
             .ok_or_else(|| RegistryError::InvalidArgument("manifest_id must be 32 bytes".into()))?;
         let body = self.meta.load_manifest(auth.tenant_id, id).await?.ok_or_else(|| {
@@ -384,7 +397,8 @@ impl Registry {
             Some(existing) => ferry_store::ensure_same_release(&existing, &manifest.version, id)?,
             None => self.assemble(actor, &manifest, stored_at).await?,
         }
-        let compatible = parse_compatible(&req.compatible)?;
+        app.check(&manifest.version)?;
+        let compatible = app.compatible(&req.compatible)?;
         let options = CommitOptions {
             deploy: req.deploy,
             compatible: compatible.as_deref(),
@@ -539,10 +553,10 @@ impl Registry {
 
     async fn deploy(&self, actor: &Actor, req: pb::DeployRequest) -> Result<pb::DeployResponse, RegistryError> {
         let auth = &actor.auth;
-        let app_id = self.app_id(auth, &req.app).await?;
-        let version =
-            parse_version(&req.version).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?.to_string();
-        let compatible = parse_compatible(&req.compatible)?;
+        let app = self.app(auth, &req.app).await?;
+        let app_id = app.id;
+        let version = app.version(&req.version)?.to_string();
+        let compatible = app.compatible(&req.compatible)?;
         // Before the deploy is visible (see commit).
         if let Some((tenant_id, manifest, location_id)) = self.meta.release_at(app_id, &version).await? {
             self.plan_patches(tenant_id, app_id, manifest, location_id, true).await;
@@ -590,6 +604,49 @@ fn stream_error(status: Status) -> RegistryError {
 
 /// A release's compatible client versions: a semver requirement (`>=2.4.0,
 /// <2.5.0`), stored in its canonical spelling; empty means not given.
+/// An app as a call names it: its id and version scheme.
+pub(crate) struct AppRef {
+    pub(crate) id: i64,
+    pub(crate) versioning: Versioning,
+    /// `tenant/app`, for messages.
+    name: String,
+}
+
+impl AppRef {
+    /// Refuses a version the app's scheme does not accept.
+    pub(crate) fn check(&self, version: &Version) -> Result<(), RegistryError> {
+        version.conforms(self.versioning).map_err(|e| self.scheme_error(e))
+    }
+
+    /// Parses a version of this app.
+    pub(crate) fn version(&self, text: &str) -> Result<Version, RegistryError> {
+        Version::parse(self.versioning, text).map_err(|e| self.scheme_error(e))
+    }
+
+    fn scheme_error(&self, e: ferry_release::VersionError) -> RegistryError {
+        RegistryError::InvalidArgument(format!(
+            "{e}: app {} uses {} versioning ({})",
+            self.name,
+            self.versioning,
+            self.versioning.example()
+        ))
+    }
+
+    /// A release's compatible client versions: a semver requirement, so
+    /// only for semver apps.
+    pub(crate) fn compatible(&self, value: &str) -> Result<Option<String>, RegistryError> {
+        let parsed = parse_compatible(value)?;
+        if parsed.is_some() && self.versioning != Versioning::Semver {
+            return Err(RegistryError::InvalidArgument(format!(
+                "compatible: app {} uses {} versioning; compatible client versions are a semver requirement, for \
+                 semver apps only (leave it out: every other version must update)",
+                self.name, self.versioning
+            )));
+        }
+        Ok(parsed)
+    }
+}
+
 fn parse_compatible(value: &str) -> Result<Option<String>, RegistryError> {
     if value.trim().is_empty() {
         return Ok(None);

@@ -26,7 +26,7 @@ use crate::publish::{PublishRequest, PublishSummary, publish};
 pub struct VariantsRequest {
     pub variants: Arc<Variants>,
     pub app: Name,
-    pub version: semver::Version,
+    pub version: ferry_release::Version,
     /// Only these tenants (each must be in the file); empty: every tenant.
     pub only: Vec<Name>,
     pub deploy: bool,

@@ -121,7 +121,7 @@ fn ino(path: &Path) -> u64 {
     fs::metadata(path).unwrap().ino()
 }
 
-fn version() -> semver::Version {
+fn version() -> ferry_release::Version {
     "1.0.0".parse().unwrap()
 }
 

@@ -148,7 +148,7 @@ pub struct ArtifactTemplate {
 
 impl ArtifactTemplate {
     /// The artifact of `version`.
-    pub fn spec(&self, version: &semver::Version) -> ArtifactSpec {
+    pub fn spec(&self, version: &ferry_release::Version) -> ArtifactSpec {
         ArtifactSpec {
             name: self.name.clone(),
             platforms: self.platforms.clone(),
@@ -160,7 +160,7 @@ impl ArtifactTemplate {
 const PLACEHOLDER: &str = "{version}";
 
 /// A path template with the version substituted.
-pub(crate) fn substitute(template: &str, version: &semver::Version) -> PathBuf {
+pub(crate) fn substitute(template: &str, version: &ferry_release::Version) -> PathBuf {
     PathBuf::from(template.replace(PLACEHOLDER, &version.to_string()))
 }
 
@@ -565,7 +565,7 @@ platforms = ["android", "android"]
                 pointer: Some("/version".into())
             }
         );
-        let v = semver::Version::new(2, 4, 1);
+        let v = "2.4.1".parse::<ferry_release::Version>().unwrap();
         assert_eq!(c.artifacts[0].spec(&v).path, Path::new("/etc/ferry/releases/2.4.1/openapi.json"));
         assert_eq!(c.artifacts[1].spec(&v).path, Path::new("/opt/crm/2.4.1/crm.apk"));
         assert_eq!(c.artifacts[1].platforms.len(), 1);

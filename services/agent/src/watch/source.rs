@@ -42,7 +42,7 @@ impl Reader {
     }
 
     /// The version the source gives now.
-    pub(crate) async fn read(&self) -> Result<semver::Version, String> {
+    pub(crate) async fn read(&self) -> Result<ferry_release::Version, String> {
         let fail = |why: String| format!("version source {}: {why}", self.describe());
         let (text, pointer) = match tokio::time::timeout(self.timeout, self.fetch()).await {
             Ok(result) => result.map_err(fail)?,
@@ -157,7 +157,7 @@ async fn tail(mut from: impl tokio::io::AsyncRead + Unpin, keep: usize) -> std::
 
 /// The version in an answer: the whole text (one line, surrounding blanks
 /// ignored), or the string at `pointer` of a JSON answer.
-fn extract(text: &str, pointer: Option<&str>) -> Result<semver::Version, String> {
+fn extract(text: &str, pointer: Option<&str>) -> Result<ferry_release::Version, String> {
     let version = match pointer {
         None => {
             let trimmed = text.trim();
@@ -174,7 +174,9 @@ fn extract(text: &str, pointer: Option<&str>) -> Result<semver::Version, String>
                 serde_json::from_str(text).map_err(|e| format!("the answer is not JSON: {e}"))?;
             match json.pointer(pointer) {
                 Some(serde_json::Value::String(s)) => s.trim().to_owned(),
-                Some(other) => return Err(format!("{} is not a string but {other}", Quoted(pointer))),
+                // A version code (`"versionCode": 42`).
+                Some(serde_json::Value::Number(n)) if n.is_u64() => n.to_string(),
+                Some(other) => return Err(format!("{} is not a string or version code but {other}", Quoted(pointer))),
                 None => return Err(format!("the answer has nothing at {}", Quoted(pointer))),
             }
         }
@@ -219,15 +221,16 @@ mod tests {
 
     #[test]
     fn the_whole_text_or_a_json_string_is_the_version() {
-        assert_eq!(extract(" 2.4.1\n", None).unwrap(), semver::Version::new(2, 4, 1));
+        assert_eq!(extract(" 2.4.1\n", None).unwrap(), "2.4.1".parse::<ferry_release::Version>().unwrap());
         assert_eq!(
             extract(r#"{"app":{"version":"3.0.0-rc.1"}}"#, Some("/app/version")).unwrap().to_string(),
             "3.0.0-rc.1"
         );
         let e = extract("2.4.1\n2.4.2\n", None).unwrap_err();
         assert!(e.contains("one line") && e.contains("json_pointer"), "{e}");
-        let e = extract(r#"{"version":241}"#, Some("/version")).unwrap_err();
-        assert!(e.contains("not a string but 241"), "{e}");
+        assert_eq!(extract(r#"{"versionCode":241}"#, Some("/versionCode")).unwrap().to_string(), "241");
+        let e = extract(r#"{"version":2.41}"#, Some("/version")).unwrap_err();
+        assert!(e.contains("not a string or version code but 2.41"), "{e}");
         let e = extract(r#"{"v":"1.0.0"}"#, Some("/version")).unwrap_err();
         assert!(e.contains("nothing at"), "{e}");
         let e = extract("latest", None).unwrap_err();
@@ -244,7 +247,7 @@ mod tests {
         let path = dir.path().join("VERSION");
         std::fs::write(&path, "1.2.3\n").unwrap();
         let r = reader(VersionSource::File { path: path.clone(), pointer: None }, 5000);
-        assert_eq!(r.read().await.unwrap(), semver::Version::new(1, 2, 3));
+        assert_eq!(r.read().await.unwrap(), "1.2.3".parse::<ferry_release::Version>().unwrap());
         std::fs::write(&path, vec![b'1'; MAX_ANSWER_BYTES + 1]).unwrap();
         let e = r.read().await.unwrap_err();
         assert!(e.contains("larger than 65536 bytes"), "{e}");
@@ -260,7 +263,7 @@ mod tests {
             pointer: None,
         };
         let r = reader(sh("echo 4.5.6"), 5000);
-        assert_eq!(r.read().await.unwrap(), semver::Version::new(4, 5, 6));
+        assert_eq!(r.read().await.unwrap(), "4.5.6".parse::<ferry_release::Version>().unwrap());
         let e =
             reader(sh("head -c 100000 /dev/zero >&2; echo >&2; echo boom >&2; exit 3"), 5000).read().await.unwrap_err();
         assert!(e.contains("exited with exit status: 3: \"boom\""), "{e}");

@@ -55,7 +55,7 @@ fn run_blocking(quick: bool) -> anyhow::Result<Figures> {
     let tree = inputs::tree(tree_files, 11)?;
     let tree_bytes = inputs::warm(&tree)?;
     let spec = ferry_release::ArtifactSpec::parse(&format!("web={}", tree.display()))?;
-    let version: semver::Version = "1.0.0".parse()?;
+    let version: ferry_release::Version = "1.0.0".parse()?;
     let tree_pack = measure(runs, || {
         let manifest = ferry_release::pack(version.clone(), std::slice::from_ref(&spec), &|_| {})?;
         let files: usize = manifest.artifacts.iter().map(|a| a.files.len()).sum();
