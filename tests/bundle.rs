@@ -83,6 +83,12 @@ async fn bundles_carry_releases_to_a_registry_the_private_cloud_never_reaches() 
     assert_eq!(deployed(&stack, &token).await, (Some("2.0.0".into()), vec!["2.0.0".into(), "1.0.0".into()]));
     let again = push_bundle(&conn, &part, 0, &Progress::hidden()).await.unwrap();
     assert!(!again.created && again.chunks_sent == 0, "{again:?}");
+    // Replaying the old --deploy bundle does not roll 2.0.0 back.
+    let replay = import_bundle(&stack.registry, &full).await.unwrap();
+    assert!(!replay.created && !replay.deployed, "{replay:?}");
+    let replay = push_bundle(&conn, &full, 0, &Progress::hidden()).await.unwrap();
+    assert!(!replay.created && !replay.deployed, "{replay:?}");
+    assert_eq!(deployed(&stack, &token).await.0.as_deref(), Some("2.0.0"));
 
     // The registry holds exactly what a direct publish would have made:
     // the same manifest, files that read back as the originals.

@@ -163,6 +163,7 @@ async fn check_filters_artifacts_by_platform() {
         deploy: true,
         retries: 0,
         compatible: None,
+        state_dir: None,
     };
     ferry_agent::publish(&stack.connection(&token), &req, &ferry_agent::Progress::hidden()).await.unwrap();
     let gw = stack.gateway(GatewayConfig::default()).await;
@@ -620,6 +621,7 @@ async fn a_new_app_is_visible_at_once() {
         deploy: true,
         retries: 0,
         compatible: None,
+        state_dir: None,
     };
     let rx = gw.gateway.applied();
     ferry_agent::publish(&stack.connection(&token), &req, &ferry_agent::Progress::hidden()).await.unwrap();

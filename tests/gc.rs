@@ -40,8 +40,10 @@ async fn abandoned_publishes_are_collected_and_releases_kept() {
         .iter()
         .map(|(hash, data)| pb::Chunk { hash: hash.as_bytes().to_vec(), data: data.clone() })
         .collect();
-    let messages: Vec<pb::UploadChunksRequest> =
-        half.chunks(8).map(|c| pb::UploadChunksRequest { tenant: "acme".into(), chunks: c.to_vec() }).collect();
+    let messages: Vec<pb::UploadChunksRequest> = half
+        .chunks(8)
+        .map(|c| pb::UploadChunksRequest { tenant: "acme".into(), chunks: c.to_vec(), ..Default::default() })
+        .collect();
     let stored = client.upload_chunks(authed(&token, futures::stream::iter(messages))).await.unwrap().into_inner();
     let stranded = stored.chunks_stored as usize;
     assert!(stranded > 0);

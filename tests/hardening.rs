@@ -110,8 +110,8 @@ async fn chunks_before_a_bad_one_stay_stored() {
     let mut second: Vec<pb::Chunk> = good[8..].iter().map(|(_, c)| c.clone()).collect();
     second.push(bad);
     let stream = futures::stream::iter(vec![
-        pb::UploadChunksRequest { tenant: "acme".into(), chunks: first },
-        pb::UploadChunksRequest { tenant: String::new(), chunks: second },
+        pb::UploadChunksRequest { tenant: "acme".into(), chunks: first, ..Default::default() },
+        pb::UploadChunksRequest { tenant: String::new(), chunks: second, ..Default::default() },
     ]);
     let status = client.upload_chunks(authed(&token, stream)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -132,7 +132,8 @@ async fn oversized_upload_messages_are_refused() {
         .unwrap()
         .max_encoding_message_size(32 << 20);
     let chunks: Vec<pb::Chunk> = (0..17).map(|i| chunk(200 + i, 256 * 1024).1).collect();
-    let stream = futures::stream::iter(vec![pb::UploadChunksRequest { tenant: "acme".into(), chunks }]);
+    let stream =
+        futures::stream::iter(vec![pb::UploadChunksRequest { tenant: "acme".into(), chunks, ..Default::default() }]);
     let status = client.upload_chunks(authed(&token, stream)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("at most 4194304"), "{}", status.message());

@@ -274,6 +274,7 @@ pub async fn publish_to(
         deploy,
         retries: 0,
         compatible: None,
+        state_dir: None,
     };
     ferry_agent::publish(conn, &req, &Progress::hidden()).await
 }

@@ -164,6 +164,7 @@ async fn required_updates_follow_the_declared_compatible_versions() {
         deploy,
         retries: 0,
         compatible: compatible.map(|c| semver::VersionReq::parse(c).unwrap()),
+        state_dir: None,
     };
     let hidden = ferry_agent::Progress::hidden();
     ferry_agent::publish(&conn, &req("2.4.0", None, false), &hidden).await.unwrap();

@@ -153,7 +153,7 @@ async fn corrupt_chunk_is_rejected_and_nothing_is_committed() {
 
     let first = manifest.unique_chunks()[0];
     let forged = pb::Chunk { hash: first.hash.as_bytes().to_vec(), data: noise(first.len as usize, 6) };
-    let upload = pb::UploadChunksRequest { tenant: "acme".into(), chunks: vec![forged] };
+    let upload = pb::UploadChunksRequest { tenant: "acme".into(), chunks: vec![forged], ..Default::default() };
     let status = client.upload_chunks(authed(&token, futures::stream::iter(vec![upload]))).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("hash to"), "{}", status.message());
@@ -306,6 +306,7 @@ async fn unknown_app_is_reported_with_how_to_create_it() {
         deploy: false,
         retries: 0,
         compatible: None,
+        state_dir: None,
     };
     let err =
         ferry_agent::publish(&stack.connection(&token), &req, &ferry_agent::Progress::hidden()).await.unwrap_err();
@@ -460,7 +461,7 @@ async fn release_cannot_claim_another_tenants_file_by_hash() {
             .push(pb::Chunk { hash: c.hash.as_bytes().to_vec(), data: data[offset..offset + c.len as usize].to_vec() });
         offset += c.len as usize;
     }
-    let upload = pb::UploadChunksRequest { tenant: "acme".into(), chunks };
+    let upload = pb::UploadChunksRequest { tenant: "acme".into(), chunks, ..Default::default() };
     client.upload_chunks(authed(&acme, futures::stream::iter(vec![upload]))).await.unwrap();
     let commit = pb::CommitReleaseRequest {
         tenant: "acme".into(),

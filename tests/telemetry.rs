@@ -68,6 +68,7 @@ fn agent_child() {
             deploy: true,
             retries: 0,
             compatible: None,
+            state_dir: None,
         };
         let summary = ferry_agent::publish(&conn, &request, &ferry_agent::Progress::hidden()).await?;
         tracing::info!(version = %summary.version, "published");

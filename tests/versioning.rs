@@ -25,6 +25,7 @@ async fn publish(
         deploy: true,
         retries: 0,
         compatible: compatible.map(|c| c.parse().unwrap()),
+        state_dir: None,
     };
     ferry_agent::publish(&stack.connection(token), &req, &Progress::hidden()).await
 }
@@ -110,6 +111,21 @@ async fn apps_order_and_accept_versions_by_their_own_scheme() {
     let e = publish(&stack, &token, "portal", "2024.1.10.0", &r1, None).await.unwrap_err();
     assert!(matches!(e, AgentError::Rpc { code: tonic::Code::AlreadyExists, .. }), "{e:?}");
     assert!(e.to_string().contains("same precedence as the published version 2024.1.10"), "{e}");
+    // Leading zeros do not make another version either, and publishing the
+    // same release again (any app's scheme) changes nothing.
+    let e = publish(&stack, &token, "portal", "2024.1.3", &r2, None).await.unwrap_err();
+    assert!(matches!(e, AgentError::Rpc { code: tonic::Code::AlreadyExists, .. }), "{e:?}");
+    let again = publish(&stack, &token, "droid", "10", &r2, None).await.unwrap();
+    assert!(!again.created, "{again:?}");
+    let again = publish(&stack, &token, "portal", "2024.01.3", &r1, None).await.unwrap();
+    assert!(!again.created, "{again:?}");
+    // Deploying another spelling of a published version deploys it.
+    let portal = Name::parse("app", "portal").unwrap();
+    let done =
+        ferry_agent::deploy(&stack.connection(&token), &acme, &portal, &"2024.1.3.0".parse().unwrap()).await.unwrap();
+    assert_eq!(done.version, "2024.01.3");
+    let listed = ferry_agent::releases(&stack.connection(&token), &acme, &portal).await.unwrap();
+    assert_eq!(listed.deployed_version.as_deref(), Some("2024.01.3"));
     let e = publish(&stack, &token, "portal", "2.0.0-rc.1", &r1, None).await.unwrap_err();
     assert!(invalid(&e).contains("app acme/portal uses dotted versioning"), "{e}");
 

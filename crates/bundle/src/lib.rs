@@ -222,10 +222,12 @@ impl<F: Fn(&Hash) -> bool> Iterator for Chunks<F> {
         while !self.done {
             let record = match self.r.u8("a chunk record") {
                 Ok(TAG_CHUNK) => self.r.chunk(&self.expected),
-                Ok(_) => {
+                Ok(TAG_END) => {
                     self.done = true;
                     return None;
                 }
+                // The file changed since it was checked.
+                Ok(other) => Err(self.r.damaged(format!("unknown record type {other}"))),
                 Err(e) => Err(e),
             };
             match record {
@@ -254,7 +256,7 @@ fn check_header(header: &BundleHeader, manifest: &Manifest, manifest_bytes: &[u8
         Some(owner) if owner.tenant == tenant && owner.app == app => {}
         _ => return Err(format!("the manifest is not {tenant}/{app}'s")),
     }
-    if manifest.version != version {
+    if manifest.version.as_str() != version.as_str() {
         return Err(format!("the header says version {version} but the manifest is {}", manifest.version));
     }
     if let Some(base) = &header.base_manifest_id
@@ -432,6 +434,13 @@ impl BundleWriter {
         let mut w =
             HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new(), written: 0 };
         let header_json = serde_json::to_vec(header).map_err(io::Error::other)?;
+        // What readers refuse is never written.
+        if header_json.len() > MAX_HEADER_BYTES as usize || manifest_bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a bundle's header and manifest are at most {MAX_HEADER_BYTES} and {MAX_MANIFEST_BYTES} bytes"),
+            ));
+        }
         w.write_all(MAGIC)?;
         w.write_all(&FORMAT.to_le_bytes())?;
         w.write_all(&(header_json.len() as u32).to_le_bytes())?;

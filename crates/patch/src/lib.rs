@@ -208,6 +208,22 @@ pub fn apply(
     Ok(())
 }
 
+/// Decodes a frame made by [`make`] from `base` that must give exactly
+/// `len` bytes (a delta upload's run of chunks, which the caller then
+/// checks chunk by chunk): decoding stops as soon as it would give more, so
+/// a hostile frame costs at most `len` bytes of memory.
+pub fn decode_exact(base: &[u8], frame: &[u8], len: usize) -> Result<Vec<u8>, PatchError> {
+    let mut decoder =
+        zstd::stream::read::Decoder::with_ref_prefix(io::BufReader::new(frame), base).map_err(PatchError::Zstd)?;
+    decoder.window_log_max(MAX_WINDOW_LOG).map_err(PatchError::Zstd)?;
+    let mut out = Vec::with_capacity(len);
+    let read = (&mut decoder).take(len as u64 + 1).read_to_end(&mut out).map_err(PatchError::Zstd)?;
+    if read != len {
+        return Err(PatchError::Mismatch { size: read as u64, actual: blake3::hash(&out) });
+    }
+    Ok(out)
+}
+
 /// Applies `patch` to `base` in memory (the registry's check before a patch
 /// is offered).
 pub fn apply_to_vec(
@@ -234,6 +250,18 @@ mod tests {
             out[at..at + 1024].copy_from_slice(&noise(1024, seed + i as u64));
         }
         out
+    }
+
+    #[test]
+    fn an_exact_decode_gives_exactly_the_length_or_fails() {
+        let base = noise(200_000, 1);
+        let target = edited(&base[..100_000], 2, 3);
+        let frame = make(&base, &target).unwrap();
+        assert!(frame.len() < 10_000, "{}", frame.len());
+        assert_eq!(decode_exact(&base, &frame, target.len()).unwrap(), target);
+        assert!(decode_exact(&base, &frame, target.len() - 1).is_err(), "longer than announced");
+        assert!(decode_exact(&base, &frame, target.len() + 1).is_err(), "shorter than announced");
+        assert!(decode_exact(&base[..base.len() - 1], &frame, target.len()).is_err(), "another base");
     }
 
     #[test]

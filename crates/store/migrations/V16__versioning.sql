@@ -2,7 +2,21 @@
 -- (the default, and what every app created before used), integer version
 -- codes, or dotted numbers. Chosen at `admin create-app --versioning`; the
 -- registry accepts only versions of the app's scheme, so an app never mixes
--- them. `releases.precedence` holds the normalized form for all three.
+-- them.
 ALTER TABLE apps
     ADD COLUMN versioning TEXT NOT NULL DEFAULT 'semver'
         CHECK (versioning IN ('semver', 'code', 'dotted'));
+
+-- What orders a version, without build metadata, now written by the
+-- registry (`Version::precedence`: at least three numbers with leading and
+-- trailing zeros normalized, then the semver pre-release), no longer
+-- generated from the text: dotted `1.0` and `1.0.0`, or `2024.01.3` and
+-- `2024.1.3`, are one version. For every existing (semver) release both
+-- forms are the same: the version without its build metadata.
+DROP INDEX releases_app_precedence;
+ALTER TABLE releases RENAME COLUMN precedence TO precedence_generated;
+ALTER TABLE releases ADD COLUMN precedence TEXT;
+UPDATE releases SET precedence = precedence_generated;
+ALTER TABLE releases DROP COLUMN precedence_generated;
+ALTER TABLE releases ALTER COLUMN precedence SET NOT NULL;
+CREATE UNIQUE INDEX releases_app_precedence ON releases (app_id, precedence);

@@ -25,7 +25,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
-use ferry_release::{FileEntry, Hash};
+use ferry_release::{ChunkRef, FileEntry, Hash};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::StoreError;
@@ -278,10 +278,10 @@ impl Blobs {
     /// their own objects.
     fn chunks_of(
         &self,
-        file: &FileEntry,
+        chunks: &[ChunkRef],
         sources: &HashMap<Hash, ChunkSource>,
     ) -> impl futures::Stream<Item = Result<Bytes, StoreError>> + Send + use<> {
-        let reads = plan_reads(file, sources);
+        let reads = plan_reads(chunks, sources);
         let this = self.clone();
         futures::stream::iter(reads)
             .map(move |read| {
@@ -314,6 +314,22 @@ impl Blobs {
             .try_flatten()
     }
 
+    /// The bytes of `chunks`, concatenated in order, each checked against
+    /// its hash (the reference of a delta upload).
+    pub async fn read_chunks(
+        &self,
+        chunks: &[ChunkRef],
+        sources: &HashMap<Hash, ChunkSource>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        let mut out = Vec::with_capacity(total as usize);
+        let mut stream = std::pin::pin!(self.chunks_of(chunks, sources));
+        while let Some(piece) = stream.next().await {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out)
+    }
+
     /// Deletes a chunk's own object (its bytes are in a file).
     pub async fn delete_chunk(&self, hash: &Hash) -> Result<(), StoreError> {
         self.delete(chunk_key(hash)).await
@@ -323,7 +339,7 @@ impl Blobs {
     /// writing anything: for a file someone else already assembled.
     /// `sources` says where each chunk is (absent: its own object).
     pub async fn verify_file(&self, file: &FileEntry, sources: &HashMap<Hash, ChunkSource>) -> Result<(), StoreError> {
-        let mut chunks = std::pin::pin!(self.chunks_of(file, sources));
+        let mut chunks = std::pin::pin!(self.chunks_of(&file.chunks, sources));
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         while let Some(chunk) = chunks.try_next().await? {
@@ -345,7 +361,7 @@ impl Blobs {
         sources: &HashMap<Hash, ChunkSource>,
     ) -> Result<(), StoreError> {
         let key = self.file_object(&file.hash);
-        let mut chunks = std::pin::pin!(self.chunks_of(file, sources));
+        let mut chunks = std::pin::pin!(self.chunks_of(&file.chunks, sources));
         if file.size <= PART_SIZE as u64 {
             let mut body = BytesMut::with_capacity(file.size as usize);
             while let Some(chunk) = chunks.try_next().await? {
@@ -615,9 +631,9 @@ enum Read {
 
 /// The reads that fetch `file`'s chunks in order: consecutive placed
 /// chunks of one file merged into one range of at most [`RANGE_MAX`].
-fn plan_reads(file: &FileEntry, sources: &HashMap<Hash, ChunkSource>) -> Vec<Read> {
+fn plan_reads(chunks: &[ChunkRef], sources: &HashMap<Hash, ChunkSource>) -> Vec<Read> {
     let mut reads: Vec<Read> = Vec::new();
-    for chunk in &file.chunks {
+    for chunk in chunks {
         match sources.get(&chunk.hash) {
             Some(ChunkSource::Place { file: holder, offset }) => {
                 if let Some(Read::Range { file: last, start, chunks }) = reads.last_mut() {

@@ -1,6 +1,6 @@
 //! Release metadata in PostgreSQL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -510,6 +510,30 @@ impl Meta {
         self.hashes_present(HELD_CHUNKS, Some(&[tenant_id]), hashes).await
     }
 
+    /// The lengths of those of `hashes` the tenant holds with their bytes
+    /// somewhere (as [`Meta::tenant_chunks`] counts them).
+    pub async fn held_chunk_lens(&self, tenant_id: i64, hashes: &[Hash]) -> Result<HashMap<Hash, u32>, StoreError> {
+        let client = self.client().await?;
+        let keys: Vec<&[u8]> = hashes.iter().map(|h| h.as_bytes().as_slice()).collect();
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT c.hash, c.size FROM chunks c JOIN {HELD_CHUNKS} ON held.hash = c.hash \
+                     WHERE held.tenant_id = $1 AND c.hash = ANY($2)"
+                ),
+                &[&tenant_id, &keys],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let hash: &[u8] = r.get(0);
+                let hash = <[u8; 32]>::try_from(hash)
+                    .map_err(|_| StoreError::Integrity("stored chunk hash is not 32 bytes".into()))?;
+                Ok((Hash::from_bytes(hash), r.get::<_, i32>(1) as u32))
+            })
+            .collect()
+    }
+
     /// Which of `hashes` are rows of `table` (of any of `tenants`, if
     /// given). `table` is one of this crate's constants (a table, or
     /// [`HELD_CHUNKS`]), never input.
@@ -613,9 +637,9 @@ impl Meta {
         // makes a concurrent insert wait for the winner's commit.
         let inserted = tx
             .query_opt(
-                "INSERT INTO releases (tenant_id, app_id, version, manifest_id, location_id) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id",
-                &[&tenant_id, &app_id, &text, &manifest.0.as_slice(), &location_id],
+                "INSERT INTO releases (tenant_id, app_id, version, manifest_id, location_id, precedence) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING id",
+                &[&tenant_id, &app_id, &text, &manifest.0.as_slice(), &location_id, &precedence(version)],
             )
             .await?;
         let created = inserted.is_some();

@@ -23,7 +23,7 @@ use crate::client::Connection;
 use crate::error::AgentError;
 use crate::manifests::ManifestCache;
 use crate::progress::Progress;
-use crate::publish::{file_chunks, source_paths, upload, upload_plan};
+use crate::publish::{Piece, file_chunks, source_paths, upload, upload_plan};
 
 /// Which earlier release's chunks a bundle leaves out.
 #[derive(Debug, Clone)]
@@ -130,8 +130,11 @@ pub fn create_bundle(req: &BundleRequest, progress: &Progress) -> Result<BundleS
     }
     let bundle_bytes = writer.finish().map_err(out_err)?;
     progress.finish();
-    // Recorded once the bundle exists: a later bundle may leave out its chunks.
-    cache.save(&manifest).map_err(AgentError::State)?;
+    // Recorded once the bundle exists: a later bundle may leave out its
+    // chunks. Without the record only --since-version of it fails.
+    if let Err(e) = cache.save(&manifest) {
+        warn!(error = %e, "the bundle is written, but later bundles cannot name it in --since-version");
+    }
     info!(file = %req.out.display(), chunks = wanted.len(), bytes = bundle_bytes, "bundle written");
     Ok(BundleSummary {
         file: req.out.display().to_string(),
@@ -220,8 +223,9 @@ async fn push_once(
         let total = manifest_bytes_of(bundle.manifest(), &missing);
         progress.start("uploading", Some(total));
         let chunks = bundle.chunks(move |h| missing.contains(h))?;
-        let source = Box::new(chunks.map(|c| c.map_err(AgentError::from)));
-        (chunks_sent, bytes_sent) = upload(&mut client, &header.tenant, source, progress).await?;
+        let source = Box::new(chunks.map(|c| c.map(|(h, d)| Piece::Chunk(h, d)).map_err(AgentError::from)));
+        let sent = upload(&mut client, &header.tenant, source, progress).await?;
+        (chunks_sent, bytes_sent) = (sent.chunks, sent.bytes);
         progress.finish();
     }
     let committed = client
@@ -229,7 +233,9 @@ async fn push_once(
             tenant: header.tenant.clone(),
             app: header.app.clone(),
             manifest_id: prepared.manifest_id.clone(),
-            deploy: header.deploy,
+            // A release already published is not deployed again: replaying
+            // an old bundle must not roll the private cloud's version back.
+            deploy: header.deploy && !prepared.already_published,
             compatible: header.compatible.clone().unwrap_or_default(),
         })
         .await

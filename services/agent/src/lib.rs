@@ -6,7 +6,9 @@
 //! [`deploy`] are what tests drive.
 
 pub mod bundle;
+mod cache;
 mod client;
+mod delta;
 mod error;
 mod located;
 mod manifests;
@@ -16,6 +18,7 @@ mod releases;
 pub mod variants;
 pub mod watch;
 
+pub use cache::DEFAULT_CACHE_BYTES;
 pub use client::{Connection, Proxy, RegistryClient};
 pub use error::AgentError;
 pub use manifests::DEFAULT_STATE_DIR;

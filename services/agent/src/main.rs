@@ -55,7 +55,7 @@ struct Target {
     /// App, e.g. crm (with --variants: default, the file's `app`).
     #[arg(long, env = "FERRY_APP")]
     app: Option<String>,
-    /// Version (semantic versioning, e.g. 2.4.1).
+    /// Version, in the app's versioning (e.g. 2.4.1, 42 or 2024.01.3).
     #[arg(long)]
     version: String,
     /// Print the result as one JSON object on stdout.
@@ -108,6 +108,14 @@ enum Command {
         /// Retries after network or registry failures, with back-off.
         #[arg(long, default_value_t = 5)]
         retries: u32,
+        /// Where the release last published is cached, so that what the
+        /// registry lacks goes as deltas against it (docs/agent.md); a
+        /// directory that cannot be written only costs the deltas.
+        #[arg(long, env = "FERRY_AGENT_STATE_DIR", default_value = ferry_agent::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Sends whole chunks: no cache is read or written.
+        #[arg(long)]
+        no_delta: bool,
     },
     /// Records a published version as deployed (an older one rolls back).
     Deploy {
@@ -174,7 +182,7 @@ enum BundleCommand {
         /// App, e.g. crm.
         #[arg(long, env = "FERRY_APP")]
         app: String,
-        /// Version (semantic versioning, e.g. 2.4.1).
+        /// Version, in the app's versioning (e.g. 2.4.1, 42 or 2024.01.3).
         #[arg(long)]
         version: String,
         /// An artifact: NAME[@PLATFORM,...]=PATH, as for publish.
@@ -270,11 +278,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Publish { target, variants: Some(file), only, deploy, retries, .. } => {
             publish_variants(&target, &file, &only, deploy, retries).await?;
         }
-        Command::Publish { target, artifacts, deploy, retries, .. } => {
+        Command::Publish { target, artifacts, deploy, retries, state_dir, no_delta, .. } => {
             let artifacts = artifacts.iter().map(|a| ArtifactSpec::parse(a)).collect::<Result<Vec<_>, _>>()?;
             let (conn, tenant, app, version) = parse_target(&target)?;
             let compatible = target.compatible.clone();
-            let req = PublishRequest { tenant, app, version, artifacts, deploy, retries, compatible };
+            let state_dir = (!no_delta).then_some(state_dir);
+            let req = PublishRequest { tenant, app, version, artifacts, deploy, retries, compatible, state_dir };
             let progress = if target.json { Progress::hidden() } else { Progress::stderr() };
             let summary = ferry_agent::publish(&conn, &req, &progress).await?;
             if target.json {
@@ -659,11 +668,12 @@ fn print_summary(s: &PublishSummary) {
     }
     let saved = if s.bytes_total > 0 { 100.0 * (1.0 - s.bytes_sent as f64 / s.bytes_total as f64) } else { 0.0 };
     out.push_str(&format!(
-        "  total {}, sent {} ({saved:.1}% saved); chunks: {} total, {} sent, {} reused",
+        "  total {}, sent {} ({saved:.1}% saved); chunks: {} total, {} sent ({} as deltas), {} reused",
         human(s.bytes_total),
         human(s.bytes_sent),
         s.chunks_total,
         s.chunks_sent,
+        s.chunks_delta,
         s.chunks_reused
     ));
     print_line(&out);

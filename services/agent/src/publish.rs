@@ -35,6 +35,9 @@ pub struct PublishRequest {
     /// The client versions that still work with this release (they are not
     /// required to update).
     pub compatible: Option<semver::VersionReq>,
+    /// Where the release last published is cached, to send what the
+    /// registry lacks as deltas against it (`None`: no cache, whole chunks).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// What a publish did; `--json` prints exactly this.
@@ -55,6 +58,9 @@ pub struct PublishSummary {
     pub chunks_sent: u64,
     /// Chunks the registry already held for this tenant.
     pub chunks_reused: u64,
+    /// Of the chunks sent, those sent as deltas against the release this
+    /// agent published before.
+    pub chunks_delta: u64,
     /// False when this exact release was already published.
     pub created: bool,
     pub deployed: bool,
@@ -89,9 +95,33 @@ pub async fn publish(
     let sources = source_paths(&manifest, &req.artifacts);
     info!(version = %manifest.version, bytes = manifest.total_size(), "packed");
 
+    let mut previous = req
+        .state_dir
+        .as_deref()
+        .and_then(|dir| crate::cache::load(dir, &conn.url, &req.tenant, &req.app))
+        .map(std::sync::Arc::new);
     let mut attempt = 0;
     loop {
-        match publish_once(conn, req, &manifest, &sources, progress).await {
+        match publish_once(conn, req, &manifest, &sources, progress, previous.clone()).await {
+            // The registry no longer holds what the cache builds on: send
+            // whole chunks instead.
+            Err(AgentError::Rpc { code: tonic::Code::FailedPrecondition, message, .. })
+                if previous.is_some() && message.contains("reference chunk") =>
+            {
+                warn!(%message, "the registry cannot take deltas against the cached release; sending whole chunks");
+                previous = None;
+            }
+            Ok(summary) => {
+                if let Some(dir) = req.state_dir.clone() {
+                    let (url, manifest, sources) = (conn.url.clone(), manifest.clone(), sources.clone());
+                    tokio::task::spawn_blocking(move || {
+                        crate::cache::store(&dir, &url, &manifest, &sources, crate::cache::DEFAULT_CACHE_BYTES)
+                    })
+                    .await
+                    .expect("caching panicked");
+                }
+                return Ok(summary);
+            }
             Err(e) if e.is_retryable() && attempt < req.retries => {
                 attempt += 1;
                 let backoff = Duration::from_secs(1 << attempt.min(5));
@@ -109,6 +139,7 @@ async fn publish_once(
     manifest: &Manifest,
     sources: &HashMap<Hash, PathBuf>,
     progress: &Progress,
+    previous: Option<std::sync::Arc<crate::cache::Previous>>,
 ) -> Result<PublishSummary, AgentError> {
     let mut client = conn.connect().await?;
     let prepared = client
@@ -126,14 +157,21 @@ async fn publish_once(
         missing.insert(Hash::from_bytes(bytes));
     }
     let unique = manifest.unique_chunks();
-    let (mut chunks_sent, mut bytes_sent) = (0, 0);
+    let (mut chunks_sent, mut bytes_sent, mut chunks_delta) = (0, 0, 0);
     if !missing.is_empty() {
         let plan = upload_plan(manifest, sources, &missing);
-        let total = plan.iter().flat_map(|(_, c)| c).map(|c| c.len as u64).sum();
+        let total = plan.iter().flat_map(|f| &f.chunks).map(|c| c.len as u64).sum();
         progress.start("uploading", Some(total));
-        let (sent, bytes) = upload(&mut client, req.tenant.as_str(), file_chunks(plan), progress).await?;
+        let source: ChunkSource = match previous {
+            Some(previous) => {
+                let counterparts = crate::delta::counterparts(manifest, &previous.manifest);
+                crate::delta::pieces(plan, previous, counterparts)
+            }
+            None => Box::new(file_chunks(plan).map(|c| c.map(|(h, d)| Piece::Chunk(h, d)))),
+        };
+        let sent = upload(&mut client, req.tenant.as_str(), source, progress).await?;
         progress.finish();
-        (chunks_sent, bytes_sent) = (sent, bytes);
+        (chunks_sent, bytes_sent, chunks_delta) = (sent.chunks, sent.bytes, sent.delta_chunks);
     }
     let committed = client
         .commit_release(pb::CommitReleaseRequest {
@@ -170,6 +208,7 @@ async fn publish_once(
         chunks_total: unique.len() as u64,
         chunks_sent,
         chunks_reused: unique.len() as u64 - missing.len() as u64,
+        chunks_delta,
         created: committed.created,
         deployed: committed.deployed,
     })
@@ -192,10 +231,18 @@ pub(crate) fn source_paths(manifest: &Manifest, specs: &[ArtifactSpec]) -> HashM
     out
 }
 
+/// A file holding chunks to send, and which.
+pub(crate) struct PlannedFile {
+    pub(crate) path: PathBuf,
+    /// The file's hash (which release file it is).
+    pub(crate) hash: Hash,
+    pub(crate) chunks: Vec<PlannedChunk>,
+}
+
 pub(crate) struct PlannedChunk {
-    offset: u64,
-    len: u32,
-    hash: Hash,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) hash: Hash,
 }
 
 /// For each file holding missing chunks, the chunks to read from it; each
@@ -204,7 +251,7 @@ pub(crate) fn upload_plan(
     manifest: &Manifest,
     sources: &HashMap<Hash, PathBuf>,
     missing: &HashSet<Hash>,
-) -> Vec<(PathBuf, Vec<PlannedChunk>)> {
+) -> Vec<PlannedFile> {
     let mut planned = HashSet::new();
     let mut done_files = HashSet::new();
     let mut plan = Vec::new();
@@ -221,22 +268,44 @@ pub(crate) fn upload_plan(
             offset += u64::from(chunk.len);
         }
         if !chunks.is_empty() {
-            plan.push((sources[&file.hash].clone(), chunks));
+            plan.push(PlannedFile { path: sources[&file.hash].clone(), hash: file.hash, chunks });
         }
     }
     plan
 }
 
-/// Chunks to send, with their hashes, read lazily on a blocking thread.
-pub(crate) type ChunkSource = Box<dyn Iterator<Item = Result<(Hash, Vec<u8>), AgentError>> + Send>;
+/// What to send, read lazily on a blocking thread: chunks with their
+/// hashes, or runs of chunks as deltas.
+pub(crate) type ChunkSource = Box<dyn Iterator<Item = Result<Piece, AgentError>> + Send>;
 
-/// Streams `chunks`; returns (chunks, bytes) sent.
+/// One item of an upload.
+pub(crate) enum Piece {
+    Chunk(Hash, Vec<u8>),
+    /// Chunks as one delta frame: `chunks` of `bytes` before encoding.
+    Run {
+        run: pb::DeltaRun,
+        chunks: u64,
+        bytes: u64,
+    },
+}
+
+/// What an upload sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sent {
+    pub(crate) chunks: u64,
+    /// Chunk bytes, before any encoding.
+    pub(crate) bytes: u64,
+    /// Chunks sent inside delta runs.
+    pub(crate) delta_chunks: u64,
+}
+
+/// Streams `chunks`.
 pub(crate) async fn upload(
     client: &mut RegistryClient,
     tenant: &str,
     chunks: ChunkSource,
     progress: &Progress,
-) -> Result<(u64, u64), AgentError> {
+) -> Result<Sent, AgentError> {
     let (tx, rx) = mpsc::channel::<pb::UploadChunksRequest>(2);
     let tenant = tenant.to_owned();
     let bar = progress.clone();
@@ -246,16 +315,24 @@ pub(crate) async fn upload(
     let response = client.upload_chunks(ReceiverStream::new(rx)).await;
     let read = reader.await.expect("chunk reader panicked");
     let response = response.map_err(|s| AgentError::rpc("upload chunks", s))?;
-    let (chunks, bytes) = read?;
+    let sent = read?;
     let stored = response.into_inner();
-    info!(chunks, bytes, stored = stored.chunks_stored, "chunks uploaded");
-    Ok((chunks, bytes))
+    info!(
+        chunks = sent.chunks,
+        bytes = sent.bytes,
+        delta = sent.delta_chunks,
+        stored = stored.chunks_stored,
+        "chunks uploaded"
+    );
+    Ok(sent)
 }
 
 /// The planned chunks, read from their files and checked against their
 /// hashes (a file changed since packing is an error).
-pub(crate) fn file_chunks(plan: Vec<(PathBuf, Vec<PlannedChunk>)>) -> ChunkSource {
-    Box::new(plan.into_iter().flat_map(|(path, planned)| {
+pub(crate) fn file_chunks(
+    plan: Vec<PlannedFile>,
+) -> impl Iterator<Item = Result<(Hash, Vec<u8>), AgentError>> + Send + 'static {
+    plan.into_iter().flat_map(|PlannedFile { path, chunks: planned, .. }| {
         let mut file: Option<File> = None;
         planned.into_iter().map(move |chunk| {
             let io = |source| AgentError::Io { path: path.clone(), source };
@@ -271,7 +348,7 @@ pub(crate) fn file_chunks(plan: Vec<(PathBuf, Vec<PlannedChunk>)>) -> ChunkSourc
             }
             Ok((chunk.hash, data))
         })
-    }))
+    })
 }
 
 fn send_chunks(
@@ -279,33 +356,41 @@ fn send_chunks(
     chunks: ChunkSource,
     tx: &mpsc::Sender<pb::UploadChunksRequest>,
     progress: &Progress,
-) -> Result<(u64, u64), AgentError> {
-    let mut message = pb::UploadChunksRequest { tenant: tenant.to_owned(), chunks: Vec::new() };
+) -> Result<Sent, AgentError> {
+    let empty = || pb::UploadChunksRequest { tenant: tenant.to_owned(), ..Default::default() };
+    let mut message = empty();
     let mut message_bytes = 0;
-    let (mut count, mut bytes) = (0u64, 0u64);
-    for chunk in chunks {
-        let (hash, data) = chunk?;
-        let len = data.len() as u64;
-        message_bytes += data.len();
-        message.chunks.push(pb::Chunk { hash: hash.as_bytes().to_vec(), data });
+    let mut sent = Sent::default();
+    for piece in chunks {
+        let (n, len) = match piece? {
+            Piece::Chunk(hash, data) => {
+                let len = data.len() as u64;
+                message_bytes += data.len();
+                message.chunks.push(pb::Chunk { hash: hash.as_bytes().to_vec(), data });
+                (1, len)
+            }
+            Piece::Run { run, chunks, bytes } => {
+                message_bytes += run.frame.len() + run.reference.len() * 32 + run.hashes.len() * 36;
+                message.runs.push(run);
+                sent.delta_chunks += chunks;
+                (chunks, bytes)
+            }
+        };
         if message_bytes >= MESSAGE_BYTES {
-            let full = std::mem::replace(
-                &mut message,
-                pb::UploadChunksRequest { tenant: tenant.to_owned(), chunks: Vec::new() },
-            );
+            let full = std::mem::replace(&mut message, empty());
             if tx.blocking_send(full).is_err() {
-                return Ok((count, bytes)); // the call failed; its error is reported
+                return Ok(sent); // the call failed; its error is reported
             }
             message_bytes = 0;
         }
-        count += 1;
-        bytes += len;
+        sent.chunks += n;
+        sent.bytes += len;
         progress.advance(len);
     }
-    if !message.chunks.is_empty() {
+    if !message.chunks.is_empty() || !message.runs.is_empty() {
         let _ = tx.blocking_send(message);
     }
-    Ok((count, bytes))
+    Ok(sent)
 }
 
 /// What a deploy did.

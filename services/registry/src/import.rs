@@ -104,19 +104,30 @@ pub async fn import_bundle(registry: &Registry, path: &Path) -> Result<ImportSum
                 }
             }
         });
+        // Spawned, as the gRPC upload's stores are: they run while the next
+        // chunk is read, and every store begun finishes (object and row)
+        // whatever fails after it.
         let mut in_flight = futures::stream::FuturesUnordered::new();
-        let mut failed = None;
+        let mut failed: Option<ImportError> = None;
         while let Some(chunk) = rx.recv().await {
-            let (hash, data) = chunk?;
-            let (hash, data) =
-                verify_chunk(pb::Chunk { hash: hash.as_bytes().to_vec(), data }).map_err(ImportError::from)?;
+            let checked = chunk.map_err(ImportError::from).and_then(|(hash, data)| {
+                verify_chunk(pb::Chunk { hash: hash.as_bytes().to_vec(), data }).map_err(ImportError::from)
+            });
+            let (hash, data) = match checked {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             let len = data.len() as u64;
             let this = registry.clone();
-            in_flight.push(async move { this.store_chunk(tenant_id, hash, data).await.map(|_| len) });
+            in_flight.push(tokio::spawn(async move { this.store_chunk(tenant_id, hash, data).await.map(|_| len) }));
             while in_flight.len() >= STORE_CONCURRENCY {
                 match in_flight.next().await.expect("non-empty") {
-                    Ok(len) => (chunks_stored, bytes_stored) = (chunks_stored + 1, bytes_stored + len),
-                    Err(e) => failed = failed.or(Some(e)),
+                    Ok(Ok(len)) => (chunks_stored, bytes_stored) = (chunks_stored + 1, bytes_stored + len),
+                    Ok(Err(e)) => failed = failed.or(Some(e.into())),
+                    Err(e) => failed = failed.or(Some(ImportError::Registry(format!("a store failed: {e}")))),
                 }
             }
             if failed.is_some() {
@@ -126,13 +137,14 @@ pub async fn import_bundle(registry: &Registry, path: &Path) -> Result<ImportSum
         drop(rx);
         while let Some(done) = in_flight.next().await {
             match done {
-                Ok(len) => (chunks_stored, bytes_stored) = (chunks_stored + 1, bytes_stored + len),
-                Err(e) => failed = failed.or(Some(e)),
+                Ok(Ok(len)) => (chunks_stored, bytes_stored) = (chunks_stored + 1, bytes_stored + len),
+                Ok(Err(e)) => failed = failed.or(Some(e.into())),
+                Err(e) => failed = failed.or(Some(ImportError::Registry(format!("a store failed: {e}")))),
             }
         }
         reader.await.expect("bundle reader panicked");
         if let Some(e) = failed {
-            return Err(e.into());
+            return Err(e);
         }
     }
     let committed = registry
@@ -142,7 +154,9 @@ pub async fn import_bundle(registry: &Registry, path: &Path) -> Result<ImportSum
                 tenant: h.tenant.clone(),
                 app: h.app.clone(),
                 manifest_id: prepared.manifest_id.clone(),
-                deploy: h.deploy,
+                // Not again for a release already published: replaying an
+                // old bundle must not roll the deployed version back.
+                deploy: h.deploy && !prepared.already_published,
                 compatible: h.compatible.clone().unwrap_or_default(),
             },
         )

@@ -7,6 +7,7 @@ pub mod admin;
 mod auth;
 pub mod config;
 mod dashboard;
+mod delta;
 mod error;
 pub mod import;
 mod launch;

@@ -18,7 +18,7 @@ pub(crate) async fn yank(
 ) -> Result<pb::YankReleaseResponse, RegistryError> {
     let app = registry.app(&actor.auth, &req.app).await?;
     let app_id = app.id;
-    let version = app.version(&req.version)?.to_string();
+    let version = registry.published_spelling(app_id, &app.version(&req.version)?).await?;
     let reason = req.reason.trim();
     // Control and invisible formatting characters (bidi overrides,
     // zero-width) would make what operators read differ from what is kept.

@@ -225,6 +225,15 @@ impl Registry {
         Ok(self.app(auth, app).await?.id)
     }
 
+    /// How a version is spelled among the app's releases (`1.0` of a
+    /// dotted app is the published `1.0.0`), or as given when none is.
+    pub(crate) async fn published_spelling(&self, app_id: i64, version: &Version) -> Result<String, RegistryError> {
+        Ok(match self.meta.release_like(app_id, version).await? {
+            Some((stored, _)) => stored,
+            None => version.to_string(),
+        })
+    }
+
     /// The app (its id and version scheme), or NOT_FOUND naming how to
     /// create it.
     pub(crate) async fn app(&self, auth: &Authenticated, app: &str) -> Result<AppRef, RegistryError> {
@@ -334,7 +343,23 @@ impl Registry {
                     self.metrics.received(len);
                     let this = self.clone();
                     in_flight.push(tokio::spawn(async move {
-                        this.store_chunk(auth.tenant_id, hash, data).await.map(|new| (new, len))
+                        this.store_chunk(auth.tenant_id, hash, data).await.map(|new| vec![(new, len)])
+                    }));
+                    while in_flight.len() >= STORE_CONCURRENCY {
+                        count(&mut response, joined(in_flight.next().await.expect("non-empty"))?);
+                    }
+                }
+                for run in message.runs {
+                    self.metrics.received(run.lens.iter().map(|l| u64::from(*l)).sum());
+                    let this = self.clone();
+                    in_flight.push(tokio::spawn(async move {
+                        let chunks = crate::delta::decode_run(&this, auth.tenant_id, run).await?;
+                        let mut stored = Vec::with_capacity(chunks.len());
+                        for (hash, data) in chunks {
+                            let len = data.len() as u64;
+                            stored.push((this.store_chunk(auth.tenant_id, hash, data).await?, len));
+                        }
+                        Ok(stored)
                     }));
                     while in_flight.len() >= STORE_CONCURRENCY {
                         count(&mut response, joined(in_flight.next().await.expect("non-empty"))?);
@@ -382,6 +407,9 @@ impl Registry {
         // Manifests are stored per tenant, not per app: one prepared for
         // another app of the tenant must not become this app's release.
         check_owner(auth, &req.app, &manifest)?;
+        // Refused before anything is assembled.
+        app.check(&manifest.version)?;
+        let compatible = app.compatible(&req.compatible)?;
         // In use: garbage collection leaves it (and its chunks) alone.
         self.meta.touch_manifest(auth.tenant_id, id).await?;
         let version = manifest.version.to_string();
@@ -397,8 +425,6 @@ impl Registry {
             Some(existing) => ferry_store::ensure_same_release(&existing, &manifest.version, id)?,
             None => self.assemble(actor, &manifest, stored_at).await?,
         }
-        app.check(&manifest.version)?;
-        let compatible = app.compatible(&req.compatible)?;
         let options = CommitOptions {
             deploy: req.deploy,
             compatible: compatible.as_deref(),
@@ -555,7 +581,7 @@ impl Registry {
         let auth = &actor.auth;
         let app = self.app(auth, &req.app).await?;
         let app_id = app.id;
-        let version = app.version(&req.version)?.to_string();
+        let version = self.published_spelling(app_id, &app.version(&req.version)?).await?;
         let compatible = app.compatible(&req.compatible)?;
         // Before the deploy is visible (see commit).
         if let Some((tenant_id, manifest, location_id)) = self.meta.release_at(app_id, &version).await? {
@@ -572,10 +598,12 @@ fn joined<T>(result: Result<Result<T, RegistryError>, tokio::task::JoinError>) -
     result.map_err(|e| RegistryError::Store(ferry_store::StoreError::Integrity(format!("task failed: {e}"))))?
 }
 
-fn count(response: &mut pb::UploadChunksResponse, (new, len): (bool, u64)) {
-    if new {
-        response.chunks_stored += 1;
-        response.bytes_stored += len;
+fn count(response: &mut pb::UploadChunksResponse, stored: Vec<(bool, u64)>) {
+    for (new, len) in stored {
+        if new {
+            response.chunks_stored += 1;
+            response.bytes_stored += len;
+        }
     }
 }
 
@@ -602,8 +630,6 @@ fn stream_error(status: Status) -> RegistryError {
     RegistryError::Aborted(format!("upload stream broke: {}", status.message()))
 }
 
-/// A release's compatible client versions: a semver requirement (`>=2.4.0,
-/// <2.5.0`), stored in its canonical spelling; empty means not given.
 /// An app as a call names it: its id and version scheme.
 pub(crate) struct AppRef {
     pub(crate) id: i64,
@@ -647,6 +673,8 @@ impl AppRef {
     }
 }
 
+/// A release's compatible client versions: a semver requirement (`>=2.4.0,
+/// <2.5.0`), stored in its canonical spelling; empty means not given.
 fn parse_compatible(value: &str) -> Result<Option<String>, RegistryError> {
     if value.trim().is_empty() {
         return Ok(None);

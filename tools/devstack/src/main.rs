@@ -130,7 +130,9 @@ async fn run() -> anyhow::Result<()> {
             .arg("--artifact")
             .arg(format!("api={}", root.join("openapi.json").display()))
             .args(extra)
-            .env("FERRY_AGENT_TOKEN", &agent_token);
+            .env("FERRY_AGENT_TOKEN", &agent_token)
+            // The release last published, for delta uploads.
+            .env("FERRY_AGENT_STATE_DIR", dir.join("agent-state"));
         cmd
     };
     step("publishing sample version 1.0.0 and deploying it (ferry-agent publish --deploy)");

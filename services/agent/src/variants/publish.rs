@@ -108,6 +108,7 @@ pub async fn publish_variants(
             deploy: req.deploy,
             retries: req.retries,
             compatible: req.compatible.clone(),
+            state_dir: None,
         };
         let published = publish(conn, &request, progress).await.map_err(failed)?;
         info!(%tenant, variant, sent = published.bytes_sent, total = published.bytes_total, "variant published");

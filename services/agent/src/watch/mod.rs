@@ -281,7 +281,9 @@ impl Watcher {
             }
             // Only deployed: the release keeps the compatible versions it
             // was published with.
-            crate::deploy(conn, &c.tenant, &c.app, &version).await.map_err(|e| e.to_string())?;
+            // As the registry spells it (a dotted 1.0 is the published 1.0.0).
+            let published = parse_version(&release.version).map_err(|e| e.to_string())?;
+            crate::deploy(conn, &c.tenant, &c.app, &published).await.map_err(|e| e.to_string())?;
             remember(release.manifest_id.clone(), done, checked_at);
             return Ok(Outcome::Deployed);
         }
@@ -302,6 +304,7 @@ impl Watcher {
             deploy: true,
             retries: c.retries,
             compatible: c.compatible.clone(),
+            state_dir: Some(c.state_dir.clone()),
         };
         let summary = crate::publish(conn, &req, &Progress::hidden()).await.map_err(|e| e.to_string())?;
         info!(

@@ -6,12 +6,15 @@
 //! Each artifact is published by a tenant of its own, so the figures are
 //! per artifact; a relay between agent and registry counts everything the
 //! agent writes to the TCP connection (manifest, gRPC and HTTP/2 framing,
-//! zstd-compressed chunks).
+//! zstd-compressed chunks). Ferry runs twice per pair: with a state
+//! directory (version 2's missing chunks go as deltas against version 1,
+//! which the agent cached when it published it) and without (whole
+//! chunks, the anchor of what deltas save).
 
 use std::path::Path;
 
 use anyhow::Context;
-use ferry_e2e::{Stack, publish_to};
+use ferry_e2e::{Stack, specs};
 use ferry_testkit::Relay;
 use serde::{Deserialize, Serialize};
 
@@ -32,8 +35,13 @@ struct PairFigures {
     kind: String,
     label: String,
     v2_bytes: u64,
-    /// Everything the agent wrote to the connection.
+    /// Everything the agent wrote to the connection, with deltas.
     wire: u64,
+    /// The same without a cache: whole chunks.
+    wire_whole: u64,
+    /// Chunks sent as deltas.
+    #[serde(default)]
+    chunks_delta: u64,
     /// Chunk bytes before compression (`bytes_sent` of the summary).
     payload: u64,
     chunks_sent: u64,
@@ -48,18 +56,46 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
     let stack = Stack::start().await;
     let mut out = Vec::new();
     for pair in &pairs {
-        let tenant = format!("bench-{}", pair.artifact);
-        let token = stack.tenant(&tenant).await;
-        publish_to(&stack.connection(&token), &tenant, "1.0.0", &[(pair.artifact, &pair.v1)], true)
-            .await
-            .with_context(|| format!("publishing {} version 1", pair.artifact))?;
-        let relay = Relay::start(stack.addr, None).await?;
-        let via_relay =
-            ferry_agent::Connection { url: relay.url(), token, ca_cert: None, proxy: ferry_agent::Proxy::none() };
-        let summary = publish_to(&via_relay, &tenant, "2.0.0", &[(pair.artifact, &pair.v2)], true)
-            .await
-            .with_context(|| format!("publishing {} version 2", pair.artifact))?;
-        let wire = relay.bytes_sent();
+        let mut wires = Vec::new();
+        let mut summary = None;
+        for deltas in [true, false] {
+            let tenant = format!("bench-{}-{}", pair.artifact, if deltas { "delta" } else { "whole" });
+            let token = stack.tenant(&tenant).await;
+            let state = tempfile::tempdir()?;
+            let state_dir = deltas.then(|| state.path().to_owned());
+            let publish = |conn: ferry_agent::Connection, version: &'static str, path: std::path::PathBuf| {
+                let (tenant, state_dir) = (tenant.clone(), state_dir.clone());
+                async move {
+                    let req = ferry_agent::PublishRequest {
+                        tenant: ferry_release::Name::parse("tenant", &tenant)?,
+                        app: ferry_release::Name::parse("app", "crm")?,
+                        version: version.parse()?,
+                        artifacts: specs(&[(pair.artifact, path.as_path())]),
+                        deploy: true,
+                        retries: 0,
+                        compatible: None,
+                        state_dir,
+                    };
+                    let summary = ferry_agent::publish(&conn, &req, &ferry_agent::Progress::hidden()).await?;
+                    anyhow::Ok(summary)
+                }
+            };
+            publish(stack.connection(&token), "1.0.0", pair.v1.clone())
+                .await
+                .with_context(|| format!("publishing {} version 1", pair.artifact))?;
+            let relay = Relay::start(stack.addr, None).await?;
+            let via_relay =
+                ferry_agent::Connection { url: relay.url(), token, ca_cert: None, proxy: ferry_agent::Proxy::none() };
+            let s = publish(via_relay, "2.0.0", pair.v2.clone())
+                .await
+                .with_context(|| format!("publishing {} version 2", pair.artifact))?;
+            wires.push(relay.bytes_sent());
+            if deltas {
+                summary = Some(s);
+            }
+        }
+        let summary = summary.expect("published with deltas");
+        let (wire, wire_whole) = (wires[0], wires[1]);
 
         let (v1, v2) = (pair.v1.clone(), pair.v2.clone());
         let (rsync, rsync_z, zstd_floor) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -72,6 +108,8 @@ pub(crate) async fn run(quick: bool) -> anyhow::Result<Figures> {
             label: pair.label.clone(),
             v2_bytes: inputs::size(&pair.v2)?,
             wire,
+            wire_whole,
+            chunks_delta: summary.chunks_delta,
             payload: summary.bytes_sent,
             chunks_sent: summary.chunks_sent,
             chunks_total: summary.chunks_total,
@@ -154,7 +192,7 @@ pub(crate) fn render(f: &Figures, quick: bool) -> Section {
     for p in &f.pairs {
         s.setup.push(format!("{} ({}): {}", p.artifact, p.kind, p.label));
     }
-    s.setup.push("ferry: version 1 published and deployed, then version 2 through a relay counting every byte the agent writes to the TCP connection".into());
+    s.setup.push("ferry: version 1 published and deployed, then version 2 through a relay counting every byte the agent writes to the TCP connection; with deltas (a state directory holding version 1, as the agent cached it) and, as the anchor, without (whole chunks)".into());
     s.commands.push(
         "cp -a V1 DEST && rsync -r --checksum --no-whole-file --stats [-z] V2 DEST   # \"Total bytes sent\"".into(),
     );
@@ -164,6 +202,7 @@ pub(crate) fn render(f: &Figures, quick: bool) -> Section {
         "artifact",
         "v2 bytes",
         "**ferry on the wire**",
+        "ferry, whole chunks",
         "ferry chunk payload",
         "rsync",
         "rsync -z",
@@ -177,6 +216,8 @@ pub(crate) fn render(f: &Figures, quick: bool) -> Section {
         label: String::new(),
         v2_bytes: 0,
         wire: 0,
+        wire_whole: 0,
+        chunks_delta: 0,
         payload: 0,
         chunks_sent: 0,
         chunks_total: 0,
@@ -187,6 +228,8 @@ pub(crate) fn render(f: &Figures, quick: bool) -> Section {
     for p in f.pairs.iter() {
         total.v2_bytes += p.v2_bytes;
         total.wire += p.wire;
+        total.wire_whole += p.wire_whole;
+        total.chunks_delta += p.chunks_delta;
         total.payload += p.payload;
         total.chunks_sent += p.chunks_sent;
         total.chunks_total += p.chunks_total;
@@ -199,7 +242,14 @@ pub(crate) fn render(f: &Figures, quick: bool) -> Section {
             p.artifact.clone(),
             thousands(p.v2_bytes),
             format!("**{}**", thousands(p.wire)),
-            format!("{} ({} of {} chunks)", thousands(p.payload), p.chunks_sent, p.chunks_total),
+            thousands(p.wire_whole),
+            format!(
+                "{} ({} of {} chunks, {} as deltas)",
+                thousands(p.payload),
+                p.chunks_sent,
+                p.chunks_total,
+                p.chunks_delta
+            ),
             thousands(p.rsync),
             thousands(p.rsync_z),
             thousands(p.zstd_floor),
