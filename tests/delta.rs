@@ -161,6 +161,18 @@ async fn hostile_delta_runs_are_refused_and_nothing_is_stored() {
     big.lens = vec![10_000; 65];
     let e = send(big).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // A reference named twice (more work for nothing).
+    let e = send(run(vec![held_ref[0].clone(), held_ref[0].clone()], vec![10_000], frame.clone())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("delta run:") && e.message().contains("named twice"), "{e:?}");
+    // More runs in one message than the registry takes.
+    let conn = stack.connection(&token);
+    let mut client = conn.connect().await.unwrap();
+    let many = vec![run(held_ref.clone(), vec![10_000], frame.clone()); 17];
+    let message = pb::UploadChunksRequest { tenant: "acme".into(), chunks: vec![], runs: many };
+    let e = client.upload_chunks(futures::stream::iter(vec![message])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("at most 16"), "{e:?}");
     let tenant_id = stack.tenant_id("acme").await;
     assert!(stack.meta.tenant_chunks(tenant_id, &[target_hash]).await.unwrap().is_empty(), "nothing was stored");
 

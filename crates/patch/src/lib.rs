@@ -154,11 +154,17 @@ fn window_log(base_len: usize, target_len: usize) -> u32 {
 
 /// Makes the patch that turns `base` into `target`.
 pub fn make(base: &[u8], target: &[u8]) -> Result<Vec<u8>, PatchError> {
+    make_at(base, target, LEVEL)
+}
+
+/// [`make`] at another zstd level (delta uploads trade a little size for
+/// speed).
+pub fn make_at(base: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>, PatchError> {
     if base.len() as u64 > MAX_FILE_BYTES || target.len() as u64 > MAX_FILE_BYTES {
         return Err(PatchError::TooLarge);
     }
     let mut out = Vec::with_capacity(target.len() / 8 + 1024);
-    let mut encoder = zstd::stream::write::Encoder::with_ref_prefix(&mut out, LEVEL, base).map_err(PatchError::Zstd)?;
+    let mut encoder = zstd::stream::write::Encoder::with_ref_prefix(&mut out, level, base).map_err(PatchError::Zstd)?;
     encoder.window_log(window_log(base.len(), target.len())).map_err(PatchError::Zstd)?;
     encoder.long_distance_matching(true).map_err(PatchError::Zstd)?;
     // zstd's multi-threaded path (one worker) runs the long-distance
@@ -215,7 +221,9 @@ pub fn apply(
 pub fn decode_exact(base: &[u8], frame: &[u8], len: usize) -> Result<Vec<u8>, PatchError> {
     let mut decoder =
         zstd::stream::read::Decoder::with_ref_prefix(io::BufReader::new(frame), base).map_err(PatchError::Zstd)?;
-    decoder.window_log_max(MAX_WINDOW_LOG).map_err(PatchError::Zstd)?;
+    // No larger window than an honest frame of this base and length needs
+    // (what `make` sets): a hostile one cannot make the decoder allocate more.
+    decoder.window_log_max(window_log(base.len(), len)).map_err(PatchError::Zstd)?;
     let mut out = Vec::with_capacity(len);
     let read = (&mut decoder).take(len as u64 + 1).read_to_end(&mut out).map_err(PatchError::Zstd)?;
     if read != len {

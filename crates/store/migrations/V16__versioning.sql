@@ -13,10 +13,6 @@ ALTER TABLE apps
 -- generated from the text: dotted `1.0` and `1.0.0`, or `2024.01.3` and
 -- `2024.1.3`, are one version. For every existing (semver) release both
 -- forms are the same: the version without its build metadata.
-DROP INDEX releases_app_precedence;
-ALTER TABLE releases RENAME COLUMN precedence TO precedence_generated;
-ALTER TABLE releases ADD COLUMN precedence TEXT;
-UPDATE releases SET precedence = precedence_generated;
-ALTER TABLE releases DROP COLUMN precedence_generated;
+-- The values and the unique index stay as they are (no table rewrite).
+ALTER TABLE releases ALTER COLUMN precedence DROP EXPRESSION;
 ALTER TABLE releases ALTER COLUMN precedence SET NOT NULL;
-CREATE UNIQUE INDEX releases_app_precedence ON releases (app_id, precedence);

@@ -44,7 +44,13 @@ fn pointer(state_dir: &Path, tenant: &Name, app: &Name) -> PathBuf {
 /// The release last published for `tenant`/`app` to `registry`, if cached.
 pub(crate) fn load(state_dir: &Path, registry: &str, tenant: &Name, app: &Name) -> Option<Previous> {
     let name = std::fs::read_to_string(pointer(state_dir, tenant, app)).ok()?;
-    let dir = state_dir.join("cache").join(name.trim());
+    let name = name.trim();
+    // Only a directory of this tenant and app, never a path elsewhere.
+    let suffix = name.strip_prefix(&format!("{tenant}.{app}."))?;
+    if suffix.len() != 16 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let dir = state_dir.join("cache").join(name);
     // Published elsewhere (another address of the same registry, or
     // another registry): still worth trying, since a registry that does
     // not hold the reference says so and the agent sends whole chunks.
@@ -110,13 +116,19 @@ fn try_store(
     }
     std::fs::rename(tmp.keep(), &dir)?;
     // The pointer moves last, atomically.
-    let previous = std::fs::read_to_string(pointer(state_dir, &owner.tenant, &owner.app)).ok();
     let mut p = tempfile::NamedTempFile::new_in(&root)?;
     p.write_all(name.as_bytes())?;
     p.as_file().sync_all()?;
     p.persist(pointer(state_dir, &owner.tenant, &owner.app)).map_err(|e| e.error)?;
-    if let Some(old) = previous.map(|p| p.trim().to_owned()).filter(|old| *old != name && !old.contains('/')) {
-        let _ = std::fs::remove_dir_all(root.join(old));
+    // Whatever else this tenant and app left (an older release, one a crash
+    // or a concurrent publish left unpointed) and unfinished copies go.
+    let prefix = format!("{}.{}.", owner.tenant, owner.app);
+    for entry in std::fs::read_dir(&root)?.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let stale = (entry_name.starts_with(&prefix) && entry_name != name) || entry_name.starts_with(".new.");
+        if stale && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
     debug!(bytes = used, "release cached for delta uploads");
     Ok(())

@@ -30,8 +30,13 @@ const RUN_MAX_BYTES: u64 = 1024 * 1024;
 const RUN_MAX_CHUNKS: usize = 64;
 /// How far either side of a run its reference reaches in the old file.
 const WINDOW: u64 = 1024 * 1024;
-/// At most this many reference chunks (the registry takes 64).
+/// At most this many reference chunks (the registry takes 64, and 4 MiB).
 const REFERENCE_MAX_CHUNKS: usize = 64;
+/// The registry takes at most this many runs per message.
+pub(crate) const RUNS_PER_MESSAGE: usize = 16;
+/// zstd level of the frames: most of level 19's gain at several times its
+/// speed, since the agent compresses every changed run before it is sent.
+const LEVEL: i32 = 12;
 
 /// For each file of `new` (by hash), its counterpart in `old`.
 pub(crate) fn counterparts(new: &Manifest, old: &Manifest) -> HashMap<Hash, FileEntry> {
@@ -148,6 +153,13 @@ fn encode(run: &[PlannedChunk], chunks: &[(Hash, Vec<u8>)], old: &FileEntry, cac
         let skip = (window.len() - REFERENCE_MAX_CHUNKS) / 2;
         window = window[skip..skip + REFERENCE_MAX_CHUNKS].to_vec();
     }
+    // At most 4 MiB of reference, trimmed from both ends.
+    while window.iter().map(|(_, c)| u64::from(c.len)).sum::<u64>() > 4 * 1024 * 1024 && window.len() > 1 {
+        window.remove(0);
+        if window.len() > 1 {
+            window.pop();
+        }
+    }
     let (first, _) = *window.first()?;
     let total: u64 = window.iter().map(|(_, c)| u64::from(c.len)).sum();
     let mut base = vec![0u8; total as usize];
@@ -163,7 +175,7 @@ fn encode(run: &[PlannedChunk], chunks: &[(Hash, Vec<u8>)], old: &FileEntry, cac
         at += c.len as usize;
     }
     let target: Vec<u8> = chunks.iter().flat_map(|(_, d)| d.iter().copied()).collect();
-    let frame = ferry_patch::make(&base, &target).ok()?;
+    let frame = ferry_patch::make_at(&base, &target, LEVEL).ok()?;
     if frame.len() >= target.len() {
         return None;
     }

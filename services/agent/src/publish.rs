@@ -103,11 +103,9 @@ pub async fn publish(
     let mut attempt = 0;
     loop {
         match publish_once(conn, req, &manifest, &sources, progress, previous.clone()).await {
-            // The registry no longer holds what the cache builds on: send
-            // whole chunks instead.
-            Err(AgentError::Rpc { code: tonic::Code::FailedPrecondition, message, .. })
-                if previous.is_some() && message.contains("reference chunk") =>
-            {
+            // The registry refused a delta (it does not hold, or cannot
+            // read, what the cache builds on): send whole chunks instead.
+            Err(AgentError::Rpc { message, .. }) if previous.is_some() && message.starts_with("delta run:") => {
                 warn!(%message, "the registry cannot take deltas against the cached release; sending whole chunks");
                 previous = None;
             }
@@ -372,6 +370,9 @@ fn send_chunks(
             Piece::Run { run, chunks, bytes } => {
                 message_bytes += run.frame.len() + run.reference.len() * 32 + run.hashes.len() * 36;
                 message.runs.push(run);
+                if message.runs.len() >= crate::delta::RUNS_PER_MESSAGE {
+                    message_bytes = MESSAGE_BYTES;
+                }
                 sent.delta_chunks += chunks;
                 (chunks, bytes)
             }

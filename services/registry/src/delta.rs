@@ -18,8 +18,15 @@ use crate::service::Registry;
 pub(crate) const MAX_RUN_CHUNKS: usize = 64;
 /// At most this many bytes decoded per run.
 pub(crate) const MAX_RUN_BYTES: usize = 4 * 1024 * 1024;
-/// At most this many reference chunks per run.
+/// At most this many reference chunks per run…
 pub(crate) const MAX_REFERENCE_CHUNKS: usize = 64;
+/// …and bytes.
+pub(crate) const MAX_REFERENCE_BYTES: u64 = 4 * 1024 * 1024;
+/// At most this many runs per upload message.
+pub(crate) const MAX_RUNS_PER_MESSAGE: usize = 16;
+/// Runs decoded at once by this registry, whatever the number of streams:
+/// each reads up to 4 MiB of reference and decodes up to 4 MiB.
+pub(crate) const DECODES_AT_ONCE: usize = 4;
 
 fn hash_of(bytes: &[u8], what: &str) -> Result<Hash, RegistryError> {
     <[u8; 32]>::try_from(bytes)
@@ -53,6 +60,12 @@ pub(crate) async fn decode_run(
         return Err(invalid(format!("{total} bytes decoded; at most {MAX_RUN_BYTES}")));
     }
     let reference = run.reference.iter().map(|h| hash_of(h, "reference")).collect::<Result<Vec<_>, _>>()?;
+    let distinct: std::collections::HashSet<&Hash> = reference.iter().collect();
+    if distinct.len() != reference.len() {
+        return Err(invalid("a reference chunk is named twice".into()));
+    }
+    // Bounded work for the whole registry, however many streams send runs.
+    let _permit = registry.delta_permits().acquire().await.expect("the semaphore is never closed");
     let base = read_reference(registry, tenant_id, &reference).await?;
     let frame = run.frame;
     let data = tokio::task::spawn_blocking(move || ferry_patch::decode_exact(&base, &frame, total))
@@ -85,14 +98,31 @@ async fn read_reference(registry: &Registry, tenant_id: i64, reference: &[Hash])
         )));
     }
     let chunks: Vec<ChunkRef> = reference.iter().map(|h| ChunkRef { hash: *h, len: lens[h] }).collect();
+    let bytes: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    if bytes > MAX_REFERENCE_BYTES {
+        return Err(RegistryError::InvalidArgument(format!(
+            "delta run: the reference has {bytes} bytes; at most {MAX_REFERENCE_BYTES}"
+        )));
+    }
     let sources: HashMap<Hash, ferry_store::ChunkSource> = meta.chunk_sources(reference).await?;
-    match registry.blobs().read_chunks(&chunks, &sources).await {
+    let read = match registry.blobs().read_chunks(&chunks, &sources).await {
         // A chunk object deleted meanwhile (a commit placed it in a file):
         // look the chunks up once more.
         Err(ferry_store::StoreError::NotFound(_)) => {
             let fresh = meta.chunk_sources(reference).await?;
-            Ok(registry.blobs().read_chunks(&chunks, &fresh).await?)
+            registry.blobs().read_chunks(&chunks, &fresh).await
         }
-        other => Ok(other?),
+        other => other,
+    };
+    match read {
+        Ok(bytes) => Ok(bytes),
+        // Lost or damaged bytes: the agent can always send whole chunks.
+        Err(e @ (ferry_store::StoreError::NotFound(_) | ferry_store::StoreError::Integrity(_))) => {
+            tracing::warn!(error = %e, "a delta reference cannot be read");
+            Err(RegistryError::FailedPrecondition(
+                "delta run: the reference cannot be read; send the run's chunks whole".into(),
+            ))
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -75,6 +75,8 @@ pub struct Registry {
     settings: RegistrySettings,
     metrics: std::sync::Arc<Metrics>,
     lifecycle: ferry_net::Lifecycle,
+    /// Delta runs decoded at once (`delta.rs`).
+    delta_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A caller allowed to act for one tenant.
@@ -104,7 +106,15 @@ impl Registry {
 
     pub fn with_settings(meta: Meta, blobs: Blobs, settings: RegistrySettings) -> Self {
         let keys = ferry_auth::Keys::new(meta.clone(), settings.auth);
-        Self { meta, blobs, keys, settings, metrics: Default::default(), lifecycle: ferry_net::Lifecycle::new() }
+        Self {
+            meta,
+            blobs,
+            keys,
+            settings,
+            metrics: Default::default(),
+            lifecycle: ferry_net::Lifecycle::new(),
+            delta_permits: Arc::new(tokio::sync::Semaphore::new(crate::delta::DECODES_AT_ONCE)),
+        }
     }
 
     /// The same registry following `lifecycle` (shared with the other
@@ -151,6 +161,10 @@ impl Registry {
 
     pub fn blobs(&self) -> &Blobs {
         &self.blobs
+    }
+
+    pub(crate) fn delta_permits(&self) -> &tokio::sync::Semaphore {
+        &self.delta_permits
     }
 
     /// Checks the caller (authenticated before its message was decoded, see
@@ -349,11 +363,18 @@ impl Registry {
                         count(&mut response, joined(in_flight.next().await.expect("non-empty"))?);
                     }
                 }
+                if message.runs.len() > crate::delta::MAX_RUNS_PER_MESSAGE {
+                    return Err(RegistryError::InvalidArgument(format!(
+                        "delta run: {} runs in one message; at most {}",
+                        message.runs.len(),
+                        crate::delta::MAX_RUNS_PER_MESSAGE
+                    )));
+                }
                 for run in message.runs {
-                    self.metrics.received(run.lens.iter().map(|l| u64::from(*l)).sum());
                     let this = self.clone();
                     in_flight.push(tokio::spawn(async move {
                         let chunks = crate::delta::decode_run(&this, auth.tenant_id, run).await?;
+                        this.metrics.received(chunks.iter().map(|(_, d)| d.len() as u64).sum());
                         let mut stored = Vec::with_capacity(chunks.len());
                         for (hash, data) in chunks {
                             let len = data.len() as u64;

@@ -118,8 +118,9 @@ async fn fill(stack: &Stack, tenants: i64, reports: i64) -> anyhow::Result<()> {
          INSERT INTO manifests (tenant_id, id, body)
              SELECT t.id, decode(lpad(to_hex(t.id * 2 + v), 64, '0'), 'hex'), '\\x00'::bytea
              FROM tenants t, generate_series(0, 1) v;
-         INSERT INTO releases (tenant_id, app_id, version, manifest_id, created_at)
-             SELECT a.tenant_id, a.id, '1.' || v || '.0', decode(lpad(to_hex(a.tenant_id * 2 + v), 64, '0'), 'hex'),
+         INSERT INTO releases (tenant_id, app_id, version, precedence, manifest_id, created_at)
+             SELECT a.tenant_id, a.id, '1.' || v || '.0', '1.' || v || '.0',
+                    decode(lpad(to_hex(a.tenant_id * 2 + v), 64, '0'), 'hex'),
                     now() - interval '8 days' + v * interval '6 days'
              FROM apps a, generate_series(0, 1) v;
          INSERT INTO deployments (app_id, release_id, deployed_at)

@@ -392,8 +392,8 @@ async fn populate(stack: &Stack, tenants: u64, dir: &Path) -> anyhow::Result<()>
              INSERT INTO manifests (tenant_id, id, body)
                SELECT t.id, m.id, m.body FROM tenants t, manifests m
                WHERE t.name <> 't0' AND m.tenant_id = (SELECT id FROM tenants WHERE name = 't0');
-             INSERT INTO releases (tenant_id, app_id, version, manifest_id)
-               SELECT a.tenant_id, a.id, '1.0.0', m.id FROM apps a JOIN tenants t ON t.id = a.tenant_id
+             INSERT INTO releases (tenant_id, app_id, version, manifest_id, precedence)
+               SELECT a.tenant_id, a.id, '1.0.0', m.id, '1.0.0' FROM apps a JOIN tenants t ON t.id = a.tenant_id
                JOIN manifests m ON m.tenant_id = a.tenant_id WHERE t.name <> 't0';
              UPDATE apps SET deployed_release_id = r.id FROM releases r WHERE r.app_id = apps.id;",
             n = tenants - 1

@@ -38,6 +38,7 @@ struct PairFigures {
     /// Everything the agent wrote to the connection, with deltas.
     wire: u64,
     /// The same without a cache: whole chunks.
+    #[serde(default)]
     wire_whole: u64,
     /// Chunks sent as deltas.
     #[serde(default)]
