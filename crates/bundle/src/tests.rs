@@ -1,5 +1,6 @@
 use super::*;
 use ferry_release::{ArtifactSpec, Owner};
+use ferry_testkit::noise;
 
 /// A packed release of two files (one compressible, one not) and every
 /// chunk's bytes.
@@ -8,18 +9,6 @@ struct Fixture {
     out_dir: tempfile::TempDir,
     manifest: Manifest,
     chunks: Vec<(Hash, Vec<u8>)>,
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn fixture() -> Fixture {
