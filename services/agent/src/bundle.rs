@@ -11,7 +11,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use ferry_bundle::{Bundle, BundleHeader, BundleWriter};
 use ferry_proto::registry::v1 as pb;
@@ -23,7 +22,7 @@ use crate::client::Connection;
 use crate::error::AgentError;
 use crate::manifests::ManifestCache;
 use crate::progress::Progress;
-use crate::publish::{Piece, file_chunks, source_paths, upload, upload_plan};
+use crate::publish::{Piece, backed_off, file_chunks, source_paths, upload, upload_plan};
 
 /// Which earlier release's chunks a bundle leaves out.
 #[derive(Debug, Clone)]
@@ -181,12 +180,7 @@ pub async fn push_bundle(
     let mut attempt = 0;
     loop {
         match push_once(conn, &bundle, progress).await {
-            Err(e) if e.is_retryable() && attempt < retries => {
-                attempt += 1;
-                let backoff = Duration::from_secs(1 << attempt.min(5));
-                warn!(attempt, error = %e, "push failed; retrying in {}s", backoff.as_secs());
-                tokio::time::sleep(backoff).await;
-            }
+            Err(e) if backed_off(&mut attempt, retries, &e, "push").await => {}
             other => return other,
         }
     }

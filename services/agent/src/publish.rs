@@ -120,15 +120,26 @@ pub async fn publish(
                 }
                 return Ok(summary);
             }
-            Err(e) if e.is_retryable() && attempt < req.retries => {
-                attempt += 1;
-                let backoff = Duration::from_secs(1 << attempt.min(5));
-                warn!(attempt, error = %e, "publish failed; retrying in {}s", backoff.as_secs());
-                tokio::time::sleep(backoff).await;
+            Err(e) => {
+                if !backed_off(&mut attempt, req.retries, &e, "publish").await {
+                    return Err(e);
+                }
             }
-            other => return other,
         }
     }
+}
+
+/// After a failure of `what`: whether to try again (the error is
+/// retryable and attempts are left), having waited 2 s, 4 s … 32 s.
+pub(crate) async fn backed_off(attempt: &mut u32, retries: u32, e: &AgentError, what: &str) -> bool {
+    if !e.is_retryable() || *attempt >= retries {
+        return false;
+    }
+    *attempt += 1;
+    let backoff = Duration::from_secs(1 << (*attempt).min(5));
+    warn!(attempt = *attempt, error = %e, "{what} failed; retrying in {}s", backoff.as_secs());
+    tokio::time::sleep(backoff).await;
+    true
 }
 
 async fn publish_once(
