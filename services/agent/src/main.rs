@@ -519,12 +519,7 @@ async fn bundle(command: BundleCommand) -> anyhow::Result<()> {
             if json {
                 print_json(&s)?;
             } else {
-                let state = match (s.created, s.deployed) {
-                    (true, true) => "published and deployed",
-                    (true, false) => "published",
-                    (false, true) => "already published; deployed",
-                    (false, false) => "already published; nothing changed",
-                };
+                let state = outcome(s.created, s.deployed);
                 print_line(&format!(
                     "{}/{} {}: {state}; sent {} chunk(s), {}",
                     s.tenant,
@@ -654,13 +649,18 @@ fn print_line(line: &str) {
     println!("{line}");
 }
 
-fn print_summary(s: &PublishSummary) {
-    let state = match (s.created, s.deployed) {
+/// What a publish or push did, in words.
+fn outcome(created: bool, deployed: bool) -> &'static str {
+    match (created, deployed) {
         (true, true) => "published and deployed",
         (true, false) => "published",
         (false, true) => "already published; deployed",
         (false, false) => "already published; nothing changed",
-    };
+    }
+}
+
+fn print_summary(s: &PublishSummary) {
+    let state = outcome(s.created, s.deployed);
     let mut out = format!("{}/{} {}: {state} (manifest {})\n", s.tenant, s.app, s.version, &s.manifest_id[..16]);
     for a in &s.artifacts {
         let platforms = if a.platforms.is_empty() { String::new() } else { format!(" @{}", a.platforms.join(",")) };
