@@ -259,6 +259,10 @@ fn check_header(header: &BundleHeader, manifest: &Manifest, manifest_bytes: &[u8
     if manifest.version.as_str() != version.as_str() {
         return Err(format!("the header says version {version} but the manifest is {}", manifest.version));
     }
+    // Shown by `bundle show`: no control characters to play with a terminal.
+    if header.created_by.chars().count() > 200 || header.created_by.chars().any(char::is_control) {
+        return Err("header: created_by must be at most 200 printable characters".into());
+    }
     if let Some(base) = &header.base_manifest_id
         && (base.len() != 64 || hex::decode(base).is_err())
     {

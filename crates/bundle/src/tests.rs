@@ -159,4 +159,14 @@ fn the_header_must_describe_its_manifest() {
     w.finish().unwrap();
     let e = Bundle::open(&out).unwrap_err().to_string();
     assert!(e.contains("the manifest is not globex/crm's"), "{e}");
+    let out = f.out_dir.path().join("escape.ferry");
+    let mut h = header(&f, &f.chunks, None);
+    h.created_by = "ferry-agent \u{1b}[2J".into();
+    let mut w = BundleWriter::create(&out, &h, &f.manifest.encode()).unwrap();
+    for (hash, data) in &f.chunks {
+        w.add(hash, data).unwrap();
+    }
+    w.finish().unwrap();
+    let e = Bundle::open(&out).unwrap_err().to_string();
+    assert!(e.contains("created_by must be at most 200 printable characters"), "{e}");
 }
